@@ -1,0 +1,170 @@
+"""Task definitions (tasks.py): layouts, targets, seeds, metrics and the real-data loaders."""
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+import tasks
+
+
+def test_copy_layout_and_targets():
+    T, B = 30, 16
+    x, y = tasks.copy_batch(B, T, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (T + 20, B) and x.dtype == torch.long
+    digits = x[:10]
+    assert ((digits >= 1) & (digits <= 8)).all()
+    assert (x[10:T + 9] == 0).all(), "T-1 blanks after the digits"
+    assert (x[T + 9] == 9).all(), "the marker"
+    assert (x[T + 10:] == 0).all(), "10 blanks after the marker"
+    assert (y[:T + 10] == 0).all() and torch.equal(y[T + 10:], digits)
+
+
+def test_adding_layout_and_targets():
+    T, B = 40, 500
+    x, y = tasks.adding_batch(B, T, torch.Generator().manual_seed(0))
+    assert x.shape == (T, B, 2) and y.shape == (B,)
+    values, marker = x[..., 0], x[..., 1]
+    assert ((values >= 0) & (values <= 1)).all()
+    assert (marker[:T // 2].sum(0) == 1).all() and (marker[T // 2:].sum(0) == 1).all()
+    assert torch.allclose(y, (values * marker).sum(0))
+    trivial = ((y - 1.0) ** 2).mean().item()  # always predicting 1: variance of U(0,1)+U(0,1)
+    assert 0.14 < trivial < 0.19
+
+
+@pytest.mark.parametrize("name", ["copy", "adding"])
+def test_synthetic_seeds(name):
+    a = tasks.make_task(name, seq_len=12, batch_size=8, seed=3, eval_size=20)
+    b = tasks.make_task(name, seq_len=12, batch_size=8, seed=3, eval_size=20)
+    c = tasks.make_task(name, seq_len=12, batch_size=8, seed=4, eval_size=20)
+    assert torch.equal(a.train_batch(5)[0], b.train_batch(5)[0]), "same (seed, step), same batch"
+    assert not torch.equal(a.train_batch(5)[0], a.train_batch(6)[0]), "fresh samples every step"
+    assert not torch.equal(a.train_batch(5)[0], c.train_batch(5)[0])
+    first = [x for x, _ in a.eval_batches("test")]
+    again = [x for x, _ in c.eval_batches("test")]
+    assert all(torch.equal(u, v) for u, v in zip(first, again)), "fixed test set, any seed"
+    assert sum(len(x[0]) for x in first) == 20
+    valid = [x for x, _ in a.eval_batches("valid")]
+    assert not torch.equal(first[0], valid[0])
+
+
+def test_copy_test_seq_len_changes_only_the_test_set():
+    task = tasks.make_task("copy", seq_len=10, batch_size=4, test_seq_len=25, eval_size=4)
+    assert next(task.eval_batches("test"))[0].shape[0] == 45
+    assert next(task.eval_batches("valid"))[0].shape[0] == 30
+    assert task.train_batch(0)[0].shape[0] == 30
+
+
+def test_copy_metrics():
+    T, B = 5, 8
+    x, y = tasks.copy_batch(B, T, torch.Generator().manual_seed(1))
+    perfect = torch.nn.functional.one_hot(y, 9).float() * 50
+    loss, stats = tasks.loss_and_stats("copy", perfect, y)
+    m = tasks.summarize("copy", stats, "test")
+    assert m["test_acc"] == 100.0 and m["test_ce"] < 1e-6 and loss.item() < 1e-6
+    uniform = torch.zeros(T + 20, B, 9)
+    m = tasks.summarize("copy", tasks.loss_and_stats("copy", uniform, y)[1], "test")
+    assert m["test_ce"] == pytest.approx(math.log(9), rel=1e-5)
+
+
+def test_lm_metric_is_bits_per_character():
+    y = torch.zeros(7, 3, dtype=torch.long)
+    out = torch.zeros(7, 3, 4)  # uniform over 4 symbols: exactly 2 bits per character
+    m = tasks.summarize("lm", tasks.loss_and_stats("lm", out, y)[1], "valid")
+    assert m["valid_bpc"] == pytest.approx(2.0, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(data_dir, tmp_path_factory):
+    """A writable copy of the MNIST files (torchvision extracts the archives next to them)."""
+    src = os.path.join(data_dir, "MNIST")
+    if not os.path.isdir(src):
+        return data_dir  # the loader downloads into ./data as it would for a user
+    dst = tmp_path_factory.mktemp("data")
+    shutil.copytree(src, dst / "MNIST")
+    return str(dst)
+
+
+def test_mnist_loader_real_files(mnist_dir):
+    task = tasks.make_task("mnist", batch_size=32, data_dir=mnist_dir)
+    assert [len(task.data[s][0]) for s in ("train", "valid", "test")] == [57000, 3000, 10000]
+    x, y = task.train_batch(0)
+    assert x.shape == (784, 32, 1) and y.shape == (32,)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+    assert torch.equal(task.train_batch(0)[0], x)
+    # The official test labels: 980 zeros ... 1009 nines (shared/data/README.md).
+    counts = torch.bincount(task.data["test"][1], minlength=10).tolist()
+    assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    # The held-out 5% is disjoint from the training part and the same every time.
+    again = tasks.make_task("mnist", batch_size=32, data_dir=mnist_dir)
+    assert torch.equal(again.data["valid"][0], task.data["valid"][0])
+    tok = tasks.make_task("mnist", batch_size=4, data_dir=mnist_dir, as_tokens=True)
+    xt, _ = next(tok.eval_batches("test"))
+    assert xt.dtype == torch.long and xt.shape == (784, 4) and xt.max() <= 255
+
+
+def test_pmnist_is_one_fixed_permutation(mnist_dir):
+    plain = tasks.make_task("mnist", batch_size=8, data_dir=mnist_dir)
+    perm = tasks.make_task("pmnist", batch_size=8, data_dir=mnist_dir)
+    p = torch.randperm(784, generator=torch.Generator().manual_seed(tasks.PMNIST_SEED))
+    assert torch.equal(perm.data["test"][0], plain.data["test"][0][:, p])
+    assert not torch.equal(perm.data["test"][0], plain.data["test"][0])
+
+
+def test_mnist_missing_offline_says_what_to_do(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(self):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    with pytest.raises(tasks.DataError, match="train-images-idx3-ubyte.gz"):
+        tasks.make_task("mnist", data_dir=str(tmp_path))
+
+
+@pytest.fixture
+def ptb_dir(data_dir, tmp_path):
+    src = os.path.join(data_dir, "ptb")
+    if os.path.isdir(src):
+        shutil.copytree(src, tmp_path / "ptb")
+        return str(tmp_path)
+    return data_dir
+
+
+def test_ptb_loader_real_files(ptb_dir):
+    task = tasks.make_task("ptb", seq_len=20, batch_size=4, data_dir=ptb_dir)
+    assert task.vocab == 50
+    x, y = task.train_batch(0)
+    assert x.shape == y.shape == (20, 4)
+    assert torch.equal(x[1:], y[:-1]), "targets are the next character"
+    text = "".join(task.vocab_list[i] for i in x[:, 0].tolist())
+    assert text.startswith("aer_banknote_"), text  # first words of ptb.train.txt
+    assert task.windows("valid") > 0 and task.windows("test") > 0
+
+
+def test_ptb_corrupted_file_is_caught_by_checksum(ptb_dir, tmp_path):
+    if not os.path.exists(os.path.join(ptb_dir, "ptb", "ptb.char.valid.txt")):
+        pytest.skip("no PTB files")
+    bad = tmp_path / "bad"
+    shutil.copytree(os.path.join(ptb_dir, "ptb"), bad / "ptb")
+    path = bad / "ptb" / "ptb.char.valid.txt"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(tasks.DataError, match="checksum"):
+        tasks.make_task("ptb", seq_len=20, batch_size=4, data_dir=str(bad))
+
+
+def test_ptb_missing_offline_says_what_to_do(tmp_path, monkeypatch):
+    def offline(url, dest):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(tasks, "_download", offline)
+    with pytest.raises(tasks.DataError, match="ptb.char.train.txt"):
+        tasks.make_task("ptb", seq_len=20, data_dir=str(tmp_path))
+
+
+def test_results_table_formats_records():
+    rec = dict(script="sab.py", config=dict(task="copy", model="sab", seq_len=100,
+                                            test_seq_len=None),
+               metric="test_acc", paper="100", metrics=dict(test_acc=97.25),
+               command="python sab.py", hardware="cpu", wall_seconds=120.0)
+    table = tasks.format_table([rec])
+    assert "| 100 | 97.25 | `python sab.py` | cpu | 2.0 min |" in table
