@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+import tasks  # data, metrics, checkpoints and results; the model classes below do not need it
+
 # ----------------------------------------------------------------------------------------------
 # Model: needs torch alone.
 
@@ -219,8 +221,6 @@ PAPER = {("copy", "sab", 100): "100 (k_trunc 5, k_top 5)",
 
 
 def parse_args(argv=None):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import tasks
     p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS)
     p.add_argument("--k-top", type=tasks.nonneg_int, help="memories attended per step")
     p.add_argument("--k-att", type=tasks.positive_int, help="write a memory every k_att steps")
@@ -228,6 +228,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the best checkpoint of this run on the test set and exit")
     args = p.parse_args(argv)
+    args.seq_len_given = args.seq_len is not None
     cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})}
     for k, v in cfg.items():  # command line wins over task defaults
         if getattr(args, k, None) is None:
@@ -249,7 +250,7 @@ def parse_args(argv=None):
     if args.model == "sab" and args.k_top == 0:
         p.error("--model sab needs --k-top >= 1 (k_top 0 is --model tbptt)")
     args.tag = args.tag or f"T{args.seq_len}" + ("-quick" if args.quick else "")
-    return args, tasks
+    return args
 
 
 def build_model(args, task):
@@ -259,12 +260,11 @@ def build_model(args, task):
 
 
 @torch.no_grad()
-def evaluate(model, task, split, device, amp_dtype, tasks, limit=None):
+def evaluate(model, task, split, device, amp_dtype, limit=None):
+    """Metrics of `model` on a split (see tasks.summarize), under autocast if amp_dtype is set."""
     model.eval()
     total = {}
-    batches = task.eval_batches(split) if task.kind in ("copy", "regress") else \
-        task.eval_batches(split, limit=limit)
-    for x, y in batches:
+    for x, y in task.eval_batches(split, limit=limit):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
@@ -273,10 +273,10 @@ def evaluate(model, task, split, device, amp_dtype, tasks, limit=None):
     return tasks.summarize(task.kind, total, split)
 
 
-def run_benchmark(args, device, tasks):
+def run_benchmark(args, device):
     """Forward+backward time and memory of this model against nn.LSTM of the same hidden size."""
     B, H, D = args.batch_size, args.hidden_size, 10
-    lengths = [args.seq_len] if "--seq-len" in sys.argv else [100, 300, 1000]
+    lengths = [args.seq_len] if args.seq_len_given else [100, 300, 1000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, H={H}, "
           f"D={D}, model {args.model} (k_top {args.k_top}, k_att {args.k_att}, "
           f"k_trunc {args.k_trunc}), grad_checkpoint={args.grad_checkpoint}")
@@ -295,14 +295,14 @@ def run_benchmark(args, device, tasks):
 
 
 def main(argv=None):
-    args, tasks = parse_args(argv)
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = tasks.pick_device(args.device)
     amp_dtype, use_scaler = tasks.amp_settings(args.amp, device)
     torch.manual_seed(args.seed)
     if args.benchmark:
-        return run_benchmark(args, device, tasks)
+        return run_benchmark(args, device)
     try:
         task = tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
                                args.test_seq_len, eval_size=args.eval_size)
@@ -368,7 +368,7 @@ def main(argv=None):
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         out_of_time = args.time_budget and time.time() - t_start > args.time_budget * 60
         if step % args.eval_every == 0 or step == args.steps or out_of_time:
-            val = evaluate(model, task, "valid", device, amp_dtype, tasks, limit=args.eval_size)
+            val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
             elapsed = time.time() - t_start
             history.append(dict(step=step, loss=loss.item(), seconds=round(elapsed, 1), **val))
             if best is None or (val[metric] > best if larger_is_better else val[metric] < best):
@@ -386,8 +386,8 @@ def main(argv=None):
     # Report the test metric at the best validation checkpoint (PAPERS.md: "Ours").
     ck = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
-    test = evaluate(model, task, "test", device, amp_dtype, tasks)
-    val = evaluate(model, task, "valid", device, amp_dtype, tasks, limit=args.eval_size)
+    test = evaluate(model, task, "test", device, amp_dtype)
+    val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
     test_T = args.test_seq_len or args.seq_len
     record = dict(
         script="sab.py", config=vars(args), task=task.description,

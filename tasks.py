@@ -115,11 +115,12 @@ class SyntheticTask:
     def train_batch(self, step):
         return self.make(self.batch_size, self.seq_len, _step_generator(self.seed, step))
 
-    def eval_batches(self, split):
-        """Yields (x, y) batches of a fixed set; the test split uses `test_seq_len`."""
+    def eval_batches(self, split, limit=None):
+        """Yields (x, y) batches of a fixed set of `limit` (default eval_size) samples; the test
+        split uses `test_seq_len`."""
         T = self.test_seq_len if split == "test" else self.seq_len
         g = torch.Generator().manual_seed(COPY_EVAL_SEEDS[split] + T)
-        n = self.eval_size
+        n = limit or self.eval_size
         for start in range(0, n, self.batch_size):
             yield self.make(min(self.batch_size, n - start), T, g)
 
@@ -132,11 +133,11 @@ def _torchvision_dataset(cls, root, train):
         return cls(root=root, train=train, download=True)
     except Exception as e:  # network errors, corrupted archives, ...
         files = ", ".join(name for name, _ in getattr(cls, "resources", [])) or cls.filename
+        where = os.path.join(root, "MNIST", "raw") if cls.__name__ == "MNIST" else root
         raise DataError(
             f"{cls.__name__} is missing from {os.path.abspath(root)} and could not be downloaded "
             f"({type(e).__name__}: {e}). Put the official files ({files}) into "
-            f"{os.path.join(os.path.abspath(root), cls.__name__ if cls.__name__ == 'MNIST' else '')} "
-            f"or run once with network access.") from e
+            f"{os.path.abspath(where)}, or run once with network access.") from e
 
 
 class ImageTask:
@@ -415,6 +416,7 @@ def summarize(kind, stats, prefix):
 
 
 def add_stats(total, stats):
+    """Adds the statistics of one batch into `total` (a dict) and returns it."""
     for k, v in stats.items():
         total[k] = total.get(k, 0.0) + v
     return total
@@ -429,6 +431,7 @@ SELECT = {"copy": ("valid_acc", True), "classify": ("valid_acc", True),
 # Command line: the flags every script shares, spelled the same everywhere.
 
 def positive_int(s):
+    """argparse type: an int > 0, else a one-line usage error."""
     v = int(s)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
@@ -436,6 +439,7 @@ def positive_int(s):
 
 
 def nonneg_int(s):
+    """argparse type: an int >= 0, else a one-line usage error."""
     v = int(s)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
@@ -443,6 +447,7 @@ def nonneg_int(s):
 
 
 def positive_float(s):
+    """argparse type: a float > 0, else a one-line usage error."""
     v = float(s)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
@@ -465,6 +470,8 @@ def common_parser(description, tasks, models):
     a("--clip", type=float, help="gradient-norm clip (0: none)")
     a("--steps", type=positive_int, help="training steps (optimizer updates)")
     a("--eval-every", type=positive_int, help="validate and checkpoint every N steps")
+    a("--eval-size", type=positive_int,
+      help="validation samples (copy, adding, images) or windows (ptb, text8) per evaluation")
     a("--time-budget", type=positive_float, help="stop training after this many minutes")
     a("--seed", type=int, default=0)
     a("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -484,6 +491,7 @@ def common_parser(description, tasks, models):
 
 
 def pick_device(name):
+    """torch.device for --device {auto,cpu,cuda}; SystemExit if cuda is asked for but absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -514,17 +522,20 @@ def save_checkpoint(path, state):
 
 
 def rng_state():
+    """The torch (and CUDA) RNG states, for a checkpoint."""
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state):
+    """Restores what rng_state() returned."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def hardware(device):
+    """A short description of the machine: the GPU's name, or the CPU model and thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = platform.processor() or platform.machine()
@@ -537,6 +548,7 @@ def hardware(device):
 
 
 def git_commit():
+    """HEAD of this repository, with "-dirty" if tracked files changed; "unknown" outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,

@@ -1,5 +1,6 @@
 """sab.py: the sparsifier, gradient flow, equivalences, checkpoints, learning and the CLI."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -155,13 +156,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 def test_short_copy_run_learns_well_below_the_trivial_baseline(tmp_path):
-    # Trivial baseline on the 10 recalled digits: uniform over 1..8, CE = ln 8 = 2.08 nats,
-    # accuracy 12.5%. SAB with k_trunc 2 must learn to copy through its attention.
-    rec = sab.main(["--task", "copy", "--seq-len", "2", "--k-trunc", "2", "--k-top", "3",
-                    "--hidden-size", "64", "--steps", "600", "--eval-every", "200",
-                    "--lr", "3e-3", "--out-dir", str(tmp_path), "--threads", "2"])
-    assert rec["metrics"]["test_ce"] < 1.0, rec["metrics"]
-    assert rec["metrics"]["test_acc"] > 60, rec["metrics"]
+    # Trivial baseline on the 10 recalled digits: uniform over 1..8, CE = ln 8 = 2.08 nats and
+    # 12.5% accuracy. With T=1 the digits lie 11 steps before their recall, beyond k_trunc=5, so
+    # SAB must learn through its attention connections.
+    rec = sab.main(["--task", "copy", "--seq-len", "1", "--lr", "3e-3", "--steps", "1000",
+                    "--eval-every", "500", "--out-dir", str(tmp_path)])
+    assert rec["metrics"]["test_ce"] < 0.75 * math.log(8), rec["metrics"]
+    assert rec["metrics"]["test_acc"] > 30, rec["metrics"]
 
 
 def _cli(*args):

@@ -168,3 +168,21 @@ def test_results_table_formats_records():
                command="python sab.py", hardware="cpu", wall_seconds=120.0)
     table = tasks.format_table([rec])
     assert "| 100 | 97.25 | `python sab.py` | cpu | 2.0 min |" in table
+
+
+def test_text8_download_is_unzipped_and_checked(tmp_path, monkeypatch):
+    import hashlib
+    import zipfile
+    content = b"anarchism originated as a term of abuse"
+
+    def fake_download(url, dest):  # stands in for the network: a zip holding `text8`
+        assert url == tasks.TEXT8_URL
+        with zipfile.ZipFile(dest, "w") as z:
+            z.writestr("text8", content)
+    monkeypatch.setattr(tasks, "_download", fake_download)
+    monkeypatch.setattr(tasks, "TEXT8_SHA256", hashlib.sha256(content).hexdigest())
+    path = tasks.ensure_text8(str(tmp_path))
+    assert open(path, "rb").read() == content
+    monkeypatch.setattr(tasks, "TEXT8_SHA256", "0" * 64)
+    with pytest.raises(tasks.DataError, match="checksum"):
+        tasks.ensure_text8(str(tmp_path))
