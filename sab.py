@@ -207,7 +207,7 @@ TASK_DEFAULTS = {  # paper-silent values marked UNCONFIRMED in PAPER below
 }
 QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller evaluation set
     # (copy: lr 3e-3 instead of 1e-3, so that SAB gets past its plateau within the budget)
-    "copy": dict(seq_len=10, lr=3e-3, steps=4000, eval_every=500, eval_size=500),
+    "copy": dict(seq_len=10, lr=3e-3, steps=8000, eval_every=1000, eval_size=500),
     "adding": dict(seq_len=50, steps=1500, eval_every=250, eval_size=500),
     "pmnist": dict(steps=300, eval_every=100, eval_size=1000),
     "cifar10": dict(steps=300, eval_every=100, eval_size=1000),

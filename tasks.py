@@ -192,8 +192,10 @@ class ImageTask:
         x, y = self.data["train"]
         per_epoch = len(x) // self.batch_size
         epoch, i = divmod(step, per_epoch)
-        order = torch.randperm(len(x), generator=_step_generator(self.seed, epoch))
-        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        if getattr(self, "_epoch", None) != epoch:  # one shuffle per epoch, not per step
+            self._epoch = epoch
+            self._order = torch.randperm(len(x), generator=_step_generator(self.seed, epoch))
+        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
         return self._batch(x[idx], y[idx])
 
     def eval_batches(self, split, limit=None):

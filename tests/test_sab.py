@@ -193,3 +193,19 @@ def test_missing_dataset_offline_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "_download", offline)
     with pytest.raises(SystemExit, match="ptb.char.train.txt"):
         sab.main(["--task", "ptb", "--data-dir", str(tmp_path / "empty"), "--steps", "1"])
+
+
+def test_transfer_evaluation_at_a_longer_test_seq_len(tmp_path):
+    _run(tmp_path, "--steps", "5")
+    rec = _run(tmp_path, "--eval-only", "--test-seq-len", "9")
+    assert rec["config"]["test_seq_len"] == 9 and rec["steps_done"] == 5
+    saved = json.loads((tmp_path / "sab-copy-sab-T4-test9.json").read_text())
+    assert saved["metrics"]["test_acc"] == rec["metrics"]["test_acc"]
+    assert "test T=9" in saved["task"]
+
+
+def test_benchmark_prints_both_models(capsys):
+    sab.main(["--benchmark", "--seq-len", "6", "--batch-size", "2", "--hidden-size", "8",
+              "--k-top", "2"])
+    out = capsys.readouterr().out
+    assert "| sab (SAB class) | 6 |" in out and "| nn.LSTM | 6 |" in out
