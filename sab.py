@@ -253,6 +253,12 @@ def parse_args(argv=None):
     return args
 
 
+def checkpoint_segment(k_trunc, seq_len):
+    """Steps per --grad-checkpoint segment: about sqrt(T), so that stored segment boundaries and
+    one recomputed segment cost about the same memory."""
+    return max(k_trunc, int(math.sqrt(seq_len)))
+
+
 def build_model(args, task):
     return Net(task.n_in, task.n_out, args.hidden_size, per_step=task.kind in ("copy", "lm"),
                k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
@@ -273,23 +279,28 @@ def evaluate(model, task, split, device, amp_dtype, limit=None):
     return tasks.summarize(task.kind, total, split)
 
 
-def run_benchmark(args, device):
-    """Forward+backward time and memory of this model against nn.LSTM of the same hidden size."""
+def run_benchmark(args, device, amp_dtype):
+    """Forward+backward time and memory of this model against nn.LSTM of the same hidden size,
+    both under the same autocast setting."""
     B, H, D = args.batch_size, args.hidden_size, 10
     lengths = [args.seq_len] if args.seq_len_given else [100, 300, 1000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, H={H}, "
           f"D={D}, model {args.model} (k_top {args.k_top}, k_att {args.k_att}, "
-          f"k_trunc {args.k_trunc}), grad_checkpoint={args.grad_checkpoint}")
+          f"k_trunc {args.k_trunc}), grad_checkpoint={args.grad_checkpoint}, amp={amp_dtype}")
     mem_name = "peak CUDA MiB" if device.type == "cuda" else "saved-for-backward MiB"
     print(f"| model | T | ms / batch | steps*samples / s | {mem_name} |\n|---|---|---|---|---|")
     for T in lengths:
         x = torch.randn(T, B, D, device=device)
         sab = SAB(D, H, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
                   attention="dense" if args.model == "attn" else "sparse",
-                  checkpoint_every=int(math.sqrt(T)) if args.grad_checkpoint else 0).to(device)
+                  checkpoint_every=checkpoint_segment(args.k_trunc, T) if args.grad_checkpoint
+                  else 0).to(device)
         lstm = nn.LSTM(D, H).to(device)
-        for name, fn in [(f"{args.model} (SAB class)", lambda: sab(x)[0].sum().backward()),
-                         ("nn.LSTM", lambda: lstm(x)[0].sum().backward())]:
+        for name, model in [(f"{args.model} (SAB class)", sab), ("nn.LSTM", lstm)]:
+            def fn():
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out = model(x)[0]
+                out.float().sum().backward()
             sec, mem = tasks.benchmark(fn, device)
             print(f"| {name} | {T} | {sec * 1e3:.1f} | {T * B / sec:,.0f} | {mem:.1f} |")
 
@@ -302,7 +313,7 @@ def main(argv=None):
     amp_dtype, use_scaler = tasks.amp_settings(args.amp, device)
     torch.manual_seed(args.seed)
     if args.benchmark:
-        return run_benchmark(args, device)
+        return run_benchmark(args, device, amp_dtype)
     try:
         task = tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
                                args.test_seq_len, eval_size=args.eval_size)
@@ -310,7 +321,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     model = build_model(args, task).to(device)
     if args.grad_checkpoint:
-        model.rnn.checkpoint_every = max(args.k_trunc, int(math.sqrt(args.seq_len)))
+        model.rnn.checkpoint_every = checkpoint_segment(args.k_trunc, args.seq_len)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     metric, larger_is_better = tasks.SELECT[task.kind]

@@ -581,7 +581,7 @@ def write_results(path, record):
 def format_table(records):
     """Markdown table of finished runs: the paper's number next to ours, command, hardware, time."""
     rows = ["| script | task | model | T | test T | metric | paper | ours | command | hardware | "
-            "wall time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "wall time | steps |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         c = r["config"]
         metric = r["metric"]
@@ -590,7 +590,8 @@ def format_table(records):
         rows.append(
             f"| {r['script']} | {c['task']} | {c['model']} | {c.get('seq_len')} | "
             f"{c.get('test_seq_len') or c.get('seq_len')} | {metric} | {r['paper']} | {ours} | "
-            f"`{r['command']}` | {r['hardware']} | {r['wall_seconds'] / 60:.1f} min |")
+            f"`{r['command']}` | {r['hardware']} | {r['wall_seconds'] / 60:.1f} min | "
+            f"{r.get('steps_done', '')} |")
     return "\n".join(rows)
 
 

@@ -165,9 +165,9 @@ def test_results_table_formats_records():
     rec = dict(script="sab.py", config=dict(task="copy", model="sab", seq_len=100,
                                             test_seq_len=None),
                metric="test_acc", paper="100", metrics=dict(test_acc=97.25),
-               command="python sab.py", hardware="cpu", wall_seconds=120.0)
+               command="python sab.py", hardware="cpu", wall_seconds=120.0, steps_done=300)
     table = tasks.format_table([rec])
-    assert "| 100 | 97.25 | `python sab.py` | cpu | 2.0 min |" in table
+    assert "| 100 | 97.25 | `python sab.py` | cpu | 2.0 min | 300 |" in table
 
 
 def test_text8_download_is_unzipped_and_checked(tmp_path, monkeypatch):
