@@ -582,7 +582,11 @@ def format_table(records):
     """Markdown table of finished runs: the paper's number next to ours, command, hardware, time."""
     rows = ["| script | task | model | T | test T | metric | paper | ours | command | hardware | "
             "wall time | steps |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
+    def order(r):
+        c = r["config"]
+        return (r["script"], c["task"], c["model"], c.get("seq_len") or 0,
+                c.get("test_seq_len") or c.get("seq_len") or 0)
+    for r in sorted(records, key=order):
         c = r["config"]
         metric = r["metric"]
         ours = r["metrics"].get(metric)

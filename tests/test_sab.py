@@ -209,3 +209,14 @@ def test_benchmark_prints_both_models(capsys):
               "--k-top", "2"])
     out = capsys.readouterr().out
     assert "| sab (SAB class) | 6 |" in out and "| nn.LSTM | 6 |" in out
+
+
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_evaluation_path_equals_the_training_path(attention):
+    torch.manual_seed(0)
+    model = sab.SAB(3, 8, k_top=2, k_att=3, attention=attention)
+    x = torch.randn(41, 2, 3)
+    out, summaries = model(x)
+    with torch.no_grad():
+        out2, summaries2 = model(x)
+    assert torch.equal(out.detach(), out2) and torch.equal(summaries.detach(), summaries2)
