@@ -361,7 +361,7 @@ def main(argv=None):
         x, y = (v.to(device) for v in task.train_batch(step))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
-        loss, _ = tasks.loss_and_stats(task.kind, out, y)
+        loss, _ = tasks.loss_and_stats(task.kind, out, y, stats=False)
         if not torch.isfinite(loss):
             bar.close()
             raise SystemExit(f"error: non-finite loss {loss.item()} at step {step}; stopping. "

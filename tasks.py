@@ -152,6 +152,7 @@ class ImageTask:
         import torchvision  # imported here so that synthetic tasks need no torchvision
         self.name, self.batch_size, self.seed, self.as_tokens = name, batch_size, seed, as_tokens
         self.kind = "classify"
+        self._epoch = self._order = None  # the shuffle of the current epoch, made once per epoch
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.MNIST
         train, test = (_torchvision_dataset(cls, data_dir, t) for t in (True, False))
         if name == "cifar10":  # (N, 32, 32, 3) uint8 numpy -> (N, 1024, 3), row-major scan
@@ -192,7 +193,7 @@ class ImageTask:
         x, y = self.data["train"]
         per_epoch = len(x) // self.batch_size
         epoch, i = divmod(step, per_epoch)
-        if getattr(self, "_epoch", None) != epoch:  # one shuffle per epoch, not per step
+        if self._epoch != epoch:
             self._epoch = epoch
             self._order = torch.randperm(len(x), generator=_step_generator(self.seed, epoch))
         idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
@@ -373,33 +374,43 @@ def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test
 # ----------------------------------------------------------------------------------------------
 # Losses and metrics, one definition for every script.
 
-def loss_and_stats(kind, out, y):
+def loss_and_stats(kind, out, y, stats=True):
     """Training loss and summable statistics for one batch.
 
     Args:
         kind: "copy" | "lm" (out (T, B, V), y (T, B)), "classify" (out (B, C), y (B,)),
               "regress" (out (B,) or (B, 1), y (B,)).
+        stats: False skips the statistics (training steps need the loss only; each statistic
+               is a device-to-host copy).
     Returns:
         loss: scalar tensor to backpropagate (mean CE in nats over all steps, or MSE).
-        stats: dict of Python floats to add up over batches and pass to `summarize`.
+        stats: dict of Python floats to add up over batches and pass to `summarize`, or None.
+    Raises:
+        ValueError: for an unknown kind.
     """
     if kind in ("copy", "lm"):
         T, B, V = out.shape
         ce = F.cross_entropy(out.float().reshape(T * B, V), y.reshape(T * B), reduction="none")
         ce = ce.view(T, B)
         loss = ce.mean()
-        stats = {"n": B, "ce_sum": ce.mean(0).sum().item()}
+        if not stats:
+            return loss, None
+        result = {"n": B, "ce_sum": ce.mean(0).sum().item()}
         if kind == "copy":  # the 10 recalled digits
             last = out[-10:].argmax(-1)
-            stats["last_ce_sum"] = ce[-10:].mean(0).sum().item()
-            stats["last_correct"] = (last == y[-10:]).float().mean(0).sum().item()
-        return loss, stats
+            result["last_ce_sum"] = ce[-10:].mean(0).sum().item()
+            result["last_correct"] = (last == y[-10:]).float().mean(0).sum().item()
+        return loss, result
     if kind == "classify":
         loss = F.cross_entropy(out.float(), y)
+        if not stats:
+            return loss, None
         return loss, {"n": len(y), "ce_sum": loss.item() * len(y),
                       "correct": (out.argmax(-1) == y).sum().item()}
     if kind == "regress":
         loss = F.mse_loss(out.float().reshape(-1), y)
+        if not stats:
+            return loss, None
         return loss, {"n": len(y), "se_sum": loss.item() * len(y)}
     raise ValueError(f"unknown task kind {kind!r}")
 

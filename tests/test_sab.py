@@ -144,8 +144,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     real = tasks.loss_and_stats
     calls = []
 
-    def nan_after_7(kind, out, y):
-        loss, stats = real(kind, out, y)
+    def nan_after_7(kind, out, y, stats=True):
+        loss, stats = real(kind, out, y, stats)
         calls.append(1)
         return (loss * float("nan") if len(calls) > 7 else loss), stats
     monkeypatch.setattr(tasks, "loss_and_stats", nan_after_7)
