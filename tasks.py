@@ -356,18 +356,449 @@ class CharLMTask:
             yield self._window(split, i)
 
 
-TASK_NAMES = ["copy", "adding", "mnist", "pmnist", "cifar10", "ptb", "text8"]
+# ----------------------------------------------------------------------------------------------
+# NTU RGB+D skeletons (indrnn.py). The data needs registration with its owners, so nothing here
+# downloads it: the loader parses the official `.skeleton` text files once and caches arrays.
+
+NTU_URL = "https://rose1.ntu.edu.sg/dataset/actionRecognition/"
+NTU_ZIP = "nturgbd_skeletons_s001_to_s017.zip"
+# Shahroudy et al. 2016, section 4: the 20 training subjects of the cross-subject protocol; the
+# cross-view protocol trains on cameras 2 and 3 and tests on camera 1.
+NTU_CS_TRAIN_SUBJECTS = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
+NTU_CV_TRAIN_CAMERAS = {2, 3}
+
+
+def parse_skeleton(path, bodies=2, joints=25):
+    """Parses one official NTU RGB+D `.skeleton` file.
+
+    The format (one number group per line): frame count; then per frame a body count and per
+    body a line of 10 body fields (bodyID first), a joint count and one line of 12 fields per
+    joint (x y z in metres first). Keeps the `bodies` bodyIDs tracked in the most frames, in order
+    of first appearance; an absent body is zeros.
+
+    Returns:
+        FloatTensor (n_frames, bodies * joints * 3): x, y, z of every joint of every body.
+    Raises:
+        DataError: if the file does not follow the format (the message names the file and line).
+    """
+    with open(path) as f:
+        lines = f.read().split("\n")
+    pos = 0
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return lines[pos - 1].split()
+    frames = []  # per frame: {bodyID: (joints, 3) list}
+    try:
+        for _ in range(int(take()[0])):
+            frame = {}
+            for _ in range(int(take()[0])):
+                body_id = take()[0]
+                coords = [[float(v) for v in take()[:3]] for _ in range(int(take()[0]))]
+                if len(coords) != joints:
+                    raise ValueError(f"{len(coords)} joints, expected {joints}")
+                frame[body_id] = coords
+            frames.append(frame)
+    except (ValueError, IndexError) as e:
+        raise DataError(f"{path}: not an NTU RGB+D .skeleton file near line {pos} ({e})") from e
+    counts = {}
+    for frame in frames:
+        for body_id in frame:
+            counts[body_id] = counts.get(body_id, 0) + 1
+    keep = sorted(counts, key=lambda b: -counts[b])[:bodies]    # the most tracked bodies ...
+    keep = [b for b in counts if b in keep]                     # ... in order of appearance
+    out = torch.zeros(len(frames), bodies, joints, 3)
+    for t, frame in enumerate(frames):
+        for slot, body_id in enumerate(keep):
+            if body_id in frame:
+                out[t, slot] = torch.tensor(frame[body_id])
+    return out.reshape(len(frames), bodies * joints * 3)
+
+
+def load_ntu(data_dir):
+    """All NTU RGB+D 60 skeleton sequences as one cached dict, parsed on first use.
+
+    Reads `<data_dir>/ntu/nturgb+d_skeletons/S###C###P###R###A###.skeleton` and caches
+    `<data_dir>/ntu/skeletons.pt`: frames (F, 150) float16, centred on the mean base-of-spine
+    joint of the first body; offsets (N+1,) into frames; label (N,) 0..59; subject, camera (N,).
+    Raises DataError saying what to obtain and where to put it when the files are missing.
+    """
+    folder = os.path.join(data_dir, "ntu")
+    cache = os.path.join(folder, "skeletons.pt")
+    if os.path.exists(cache):
+        return torch.load(cache)
+    src = os.path.join(folder, "nturgb+d_skeletons")
+    names = sorted(n for n in os.listdir(src) if n.endswith(".skeleton")) \
+        if os.path.isdir(src) else []
+    if not names:
+        raise DataError(
+            f"NTU RGB+D skeletons are missing: no .skeleton files in {os.path.abspath(src)}. The "
+            f"data needs registration: request it at {NTU_URL}, download {NTU_ZIP} (NTU RGB+D 60, "
+            f"3D skeletons) and unzip it into {os.path.abspath(folder)} so that files such as "
+            f"{os.path.join(src, 'S001C001P001R001A001.skeleton')} exist. The first run parses "
+            f"them once into {cache}.")
+    seqs, meta = [], []
+    for name in names:
+        x = parse_skeleton(os.path.join(src, name))             # (n, 150)
+        first = x[:, :3]                                        # base of spine, first body
+        present = first.abs().sum(1) > 0
+        if present.any():
+            centre = first[present].mean(0).repeat(50)          # (150,)
+            x = torch.where(x != 0, x - centre, x)              # absent joints stay zero
+        seqs.append(x.half())
+        meta.append([int(name[i + 1:i + 4]) for i in (0, 4, 8, 12, 16)])  # S C P R A
+    meta = torch.tensor(meta)
+    lengths = torch.tensor([0] + [len(s) for s in seqs])
+    data = dict(frames=torch.cat(seqs), offsets=lengths.cumsum(0), label=meta[:, 4] - 1,
+                subject=meta[:, 2], camera=meta[:, 1], names=names)
+    save_checkpoint(cache, data)
+    return data
+
+
+class NTUTask:
+    """NTU RGB+D 60 action recognition from 3D skeletons, `frames` frames per sequence.
+
+    Each sequence is cut into `frames` equal segments; training takes a random frame from each
+    (fresh every epoch), evaluation the middle frame. Input (frames, B, 150): x, y, z of 25 joints
+    of two bodies (the second zero if absent). Protocol "cs" (cross-subject) or "cv" (cross-view);
+    5% of the training set (seed SPLIT_SEED) is held out for validation.
+    """
+
+    def __init__(self, protocol, batch_size, data_dir, seed, frames=20):
+        if protocol not in ("cs", "cv"):
+            raise ValueError(f"NTU protocol must be 'cs' or 'cv', got {protocol!r}")
+        d = load_ntu(data_dir)
+        self.frames_all, self.offsets = d["frames"], d["offsets"]
+        self.batch_size, self.seed, self.seq_len = batch_size, seed, frames
+        self.kind, self.n_in, self.n_out = "classify", 150, 60
+        if protocol == "cs":
+            train = torch.tensor([int(s) in NTU_CS_TRAIN_SUBJECTS for s in d["subject"]])
+        else:
+            train = torch.tensor([int(c) in NTU_CV_TRAIN_CAMERAS for c in d["camera"]])
+        train_idx, test_idx = train.nonzero().squeeze(1), (~train).nonzero().squeeze(1)
+        split = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_val = len(train_idx) // 20
+        self.index = {"train": train_idx[split[n_val:]], "valid": train_idx[split[:n_val]],
+                      "test": test_idx}
+        self.label = d["label"]
+        self._epoch = self._order = None
+        self.description = (
+            f"ntu ({'cross-subject' if protocol == 'cs' else 'cross-view'}): {frames} frames per "
+            f"sequence (random frame per segment in training, middle frame in evaluation), 150 "
+            f"features (2 bodies x 25 joints x xyz); train {len(self.index['train'])} / valid "
+            f"{n_val} (5%, seed {SPLIT_SEED}) / test {len(test_idx)}; metric accuracy")
+
+    def _batch(self, idx, generator=None):
+        start, n = self.offsets[idx], self.offsets[idx + 1] - self.offsets[idx]  # (B,), (B,)
+        seg = torch.arange(self.seq_len + 1)[:, None] * n[None] / self.seq_len   # (S+1, B)
+        pos = torch.rand(self.seq_len, len(idx), generator=generator) if generator else 0.5
+        t = (seg[:-1] + pos * (seg[1:] - seg[:-1])).long().clamp(max=(n - 1).clamp(min=0))
+        x = self.frames_all[(start + t).clamp(max=len(self.frames_all) - 1)].float()  # (S, B, 150)
+        x[:, n == 0] = 0.0                                                        # empty files
+        return x, self.label[idx]
+
+    def train_batch(self, step):
+        idx = self.index["train"]
+        per_epoch = max(len(idx) // self.batch_size, 1)
+        epoch, i = divmod(step, per_epoch)
+        if self._epoch != epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(len(idx), generator=_step_generator(self.seed, epoch))
+        batch = idx[self._order[i * self.batch_size:(i + 1) * self.batch_size]]
+        return self._batch(batch, _step_generator(self.seed + 1, step))
+
+    def eval_batches(self, split, limit=None):
+        idx = self.index[split]
+        idx = idx if limit is None else idx[:limit]
+        for start in range(0, len(idx), self.batch_size):
+            yield self._batch(idx[start:start + self.batch_size])
+
+
+# --- StanfordDogs and DBpedia (rlstm.py) ---
+# Trinh et al. 2018, section 4.3-4.4: StanfordDogs images as pixel sequences (up to 16384 steps)
+# and DBpedia character-level classification. Both are downloaded into --data-dir when missing.
+
+DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
+# The official layout (the dataset's README.txt): images.tar holds Images/<wnid>-<breed>/*.jpg;
+# lists.tar holds file_list.mat, train_list.mat and test_list.mat, MATLAB files whose `file_list`
+# is a cell array of '<wnid>-<breed>/<name>.jpg' paths and `labels` the classes 1..120.
+# Official split: 12,000 training images (100 per class) and 8,580 test images. The site
+# publishes no checksums, so the files are checked by these counts instead.
+DOGS_SPLIT_SIZES = {"train": 12_000, "test": 8_580}
+
+
+def read_mat5(path):
+    """Reads the numeric and char arrays and the cell arrays of them from a MATLAB v5 (-v6/-v7)
+    .mat file, with torch and the standard library only (scipy is not a dependency).
+
+    Returns {name: value}: a char array gives a str, a numeric array a list of floats (column-
+    major), a cell array a list of such values. Raises DataError for other files (e.g. -v7.3).
+    """
+    import struct
+    import zlib
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 128 or raw[126:128] != b"IM" or raw[124:126] != b"\x00\x01":
+        raise DataError(f"{path} is not a little-endian MATLAB v5 .mat file (MATLAB -v7.3 / HDF5 "
+                        f"files are not supported)")
+    numeric = {1: "b", 2: "B", 3: "h", 4: "H", 5: "i", 6: "I", 7: "f", 9: "d", 12: "q", 13: "Q"}
+
+    def elements(buf):
+        pos = 0
+        while pos + 8 <= len(buf):
+            kind, size = struct.unpack_from("<II", buf, pos)
+            if kind >> 16:  # small data element: size and type packed in 4 bytes
+                kind, size, start, pos = kind & 0xFFFF, kind >> 16, pos + 4, pos + 8
+            else:
+                start = pos + 8
+                pos = start + (size if kind == 15 else (size + 7) // 8 * 8)
+            yield kind, buf[start:start + size]
+
+    def value(kind, data):
+        if kind == 15:
+            return [value(*e) for e in elements(zlib.decompress(data))][0]
+        if kind == 16:
+            return data.decode("utf-8")
+        if kind in numeric:
+            return list(struct.unpack(f"<{len(data) // struct.calcsize(numeric[kind])}"
+                                      f"{numeric[kind]}", data))
+        if kind != 14:
+            raise DataError(f"{path}: unsupported MATLAB data type {kind}")
+        parts = list(elements(data))
+        cls = struct.unpack_from("<I", parts[0][1])[0] & 0xFF
+        name = parts[2][1].decode("latin-1")
+        if cls == 1:    # cell array: one matrix element per cell
+            return name, [value(*p)[1] for p in parts[3:]]
+        if cls == 4:    # char array
+            chars = value(*parts[3]) if parts[3][0] != 16 else parts[3][1].decode("utf-8")
+            return name, chars if isinstance(chars, str) else "".join(map(chr, chars))
+        if 6 <= cls <= 15:
+            return name, [float(v) for v in value(*parts[3])]
+        raise DataError(f"{path}: unsupported MATLAB array class {cls} in {name!r}")
+
+    out = {}
+    for kind, data in elements(raw[128:]):
+        item = value(kind, data)
+        if isinstance(item, tuple):
+            out[item[0]] = item[1]
+    return out
+
+
+def _fetch_and_extract(url, folder, archive, errors):
+    """Downloads url into folder/archive if missing and extracts it there; appends errors."""
+    path = os.path.join(folder, archive)
+    try:
+        if not os.path.exists(path):
+            _download(url, path)
+        with tarfile.open(path) as tar:
+            tar.extractall(folder, filter="data")
+    except (OSError, tarfile.TarError) as e:
+        errors.append(f"{url}: {e}")
+
+
+def load_stanford_dogs(data_dir, side):
+    """StanfordDogs images as uint8 pixel sequences (N, side*side, 3), row-major RGB scan.
+
+    Reads the official layout under `<data_dir>/stanford_dogs/` (Images/ and the three lists),
+    downloading and extracting images.tar and lists.tar when missing. Every image is centre-
+    cropped to a square and resized to side x side (antialiased bilinear; the paper's
+    preprocessing is UNCONFIRMED); the result is cached as `cache_<side>.pt`.
+    Returns {"train": (x, y), "test": (x, y)}, y LongTensor of classes 0..119.
+    """
+    import warnings
+    import torchvision
+    folder = os.path.join(data_dir, "stanford_dogs")
+    cache = os.path.join(folder, f"cache_{side}.pt")
+    if os.path.exists(cache):
+        return torch.load(cache)
+    os.makedirs(folder, exist_ok=True)
+    errors = []
+    for archive, marker in (("lists.tar", "train_list.mat"), ("images.tar", "Images")):
+        if not os.path.exists(os.path.join(folder, marker)):
+            _fetch_and_extract(DOGS_URL + archive, folder, archive, errors)
+    missing = [m for m in ("train_list.mat", "test_list.mat", "Images")
+               if not os.path.exists(os.path.join(folder, m))]
+    if missing:
+        raise DataError(f"StanfordDogs is missing {', '.join(missing)} in {folder} and could not "
+                        f"be downloaded ({'; '.join(errors) or 'no error'}). Put the official "
+                        f"images.tar and lists.tar from {DOGS_URL} into {folder}.")
+    out = {}
+    for split in ("train", "test"):
+        mat = read_mat5(os.path.join(folder, f"{split}_list.mat"))
+        files, labels = mat.get("file_list"), mat.get("labels")
+        if files is None or labels is None or len(files) != len(labels):
+            raise DataError(f"{split}_list.mat in {folder} lacks matching file_list and labels")
+        if len(files) != DOGS_SPLIT_SIZES[split]:
+            raise DataError(f"{split}_list.mat lists {len(files)} images, the official split has "
+                            f"{DOGS_SPLIT_SIZES[split]}: replace it with the file from lists.tar")
+        images = []
+        for name in files:
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders
+                warnings.simplefilter("ignore", DeprecationWarning)
+                img = torchvision.io.decode_image(os.path.join(folder, "Images", name),
+                                                  mode=torchvision.io.ImageReadMode.RGB)
+            s = min(img.shape[1:])
+            top, left = (img.shape[1] - s) // 2, (img.shape[2] - s) // 2
+            img = img[:, top:top + s, left:left + s][None].float()
+            img = F.interpolate(img, size=(side, side), mode="bilinear", antialias=True,
+                                align_corners=False)[0]
+            images.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+                          .reshape(side * side, 3))
+        y = torch.tensor(labels, dtype=torch.long) - 1
+        if y.min() < 0 or y.max() > 119:
+            raise DataError(f"{split}_list.mat has labels outside 1..120")
+        out[split] = (torch.stack(images), y)
+    torch.save(out, cache)
+    return out
+
+
+class StanfordDogsTask(ImageTask):
+    """StanfordDogs (120 breeds) as RGB pixel sequences of T = side^2 steps x 3 channels.
+
+    T must be a square (the paper's longest sequences are 16384 = 128 x 128). 5% of the official
+    training list is held out for validation (seed SPLIT_SEED); the test split is the official one.
+    """
+
+    def __init__(self, seq_len, batch_size, data_dir, seed, as_tokens=False):
+        side = math.isqrt(seq_len)
+        if side * side != seq_len:
+            raise ValueError(f"stanford_dogs needs a square seq_len (side^2, e.g. 1024, 4096, "
+                             f"16384), got {seq_len}")
+        self.name, self.batch_size, self.seed, self.as_tokens = "stanford_dogs", batch_size, seed, \
+            as_tokens
+        self.kind, self._epoch, self._order = "classify", None, None
+        data = load_stanford_dogs(data_dir, side)
+        (x_train, y_train), test = data["train"], data["test"]
+        split = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_val = len(x_train) // 20
+        self.data = {"train": (x_train[split[n_val:]], y_train[split[n_val:]]),
+                     "valid": (x_train[split[:n_val]], y_train[split[:n_val]]), "test": test}
+        self.n_in, self.seq_len, self.n_out = 3, seq_len, 120
+        self.vocab = 256 if as_tokens else None
+        self.description = (
+            f"stanford_dogs: {side}x{side} RGB (centre crop, resize), {seq_len} steps x 3 "
+            f"channels, pixels {'as tokens 0..255' if as_tokens else 'scaled to [0,1]'}; train "
+            f"{len(self.data['train'][0])} / valid {n_val} / test {len(test[0])} (official lists); "
+            f"metric accuracy")
+
+
+# DBpedia ontology classification (Zhang, Zhao & LeCun 2015): dbpedia_csv.tar.gz holds
+# dbpedia_csv/{train,test}.csv (rows `class,"title","content"`, classes 1..14, 560,000 / 70,000
+# rows) and classes.txt. URL and MD5 as in torchtext's DBpedia dataset; the second URL is a
+# mirror tried when Google Drive refuses, accepted only if it passes the same MD5.
+DBPEDIA_URLS = ("https://drive.google.com/uc?export=download&id=0Bz8a_Dbh9QhbQ2Vic1kxMmZZQ1k",
+                "https://s3.amazonaws.com/fast-ai-nlp/dbpedia_csv.tgz")
+DBPEDIA_MD5 = "dca7b1ae12b1091090db52aa7ec5ca64"
+# Zhang et al.'s 69-character alphabet plus space; 0 is padding, 1 any other character.
+DBPEDIA_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+=<>()[]{} "
+
+
+def load_dbpedia(data_dir):
+    """Returns {"train": (texts, labels), "test": (...)}: texts a list of str (title, a space,
+    content), labels LongTensor of classes 0..13. Downloads and extracts the CSV release into
+    `<data_dir>/dbpedia/` when missing; raises DataError if that fails or the files look wrong."""
+    import csv
+    folder = os.path.join(data_dir, "dbpedia")
+    csv_dir = os.path.join(folder, "dbpedia_csv")
+    errors = []
+    if not os.path.exists(os.path.join(csv_dir, "test.csv")):
+        os.makedirs(folder, exist_ok=True)
+        tgz = os.path.join(folder, "dbpedia_csv.tar.gz")
+        for url in DBPEDIA_URLS:
+            if os.path.exists(tgz):
+                break
+            try:
+                _download(url, tgz)
+                if _checksum(tgz, "md5") != DBPEDIA_MD5:
+                    os.remove(tgz)
+                    errors.append(f"{url}: not the standard release (MD5 differs)")
+            except OSError as e:
+                errors.append(f"{url}: {e}")
+        if os.path.exists(tgz):
+            _verified(tgz, DBPEDIA_MD5)
+            with tarfile.open(tgz) as tar:
+                tar.extractall(folder, filter="data")
+    paths = {s: os.path.join(csv_dir, f"{s}.csv") for s in ("train", "test")}
+    if not all(os.path.exists(p) for p in paths.values()):
+        raise DataError(f"DBpedia is missing from {csv_dir} and could not be downloaded "
+                        f"({'; '.join(errors)}). Put dbpedia_csv.tar.gz (MD5 {DBPEDIA_MD5}) into "
+                        f"{folder}, or its extracted dbpedia_csv/ folder with train.csv and test.csv.")
+    out = {}
+    for split, path in paths.items():
+        texts, labels = [], []
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if len(row) != 3 or not row[0].isdigit() or not 1 <= int(row[0]) <= 14:
+                    raise DataError(f"{path}, row {i + 1}: expected `class,\"title\",\"content\"` "
+                                    f"with class 1..14, got {row[:3]!r}")
+                labels.append(int(row[0]) - 1)
+                texts.append(row[1] + " " + row[2])
+        out[split] = (texts, torch.tensor(labels, dtype=torch.long))
+    return out
+
+
+def encode_chars(texts, seq_len):
+    """Lower-cased characters as tokens (DBPEDIA_ALPHABET: 2.., 1 other, 0 padding), the first
+    seq_len characters of each text, right-aligned (padding first). Returns uint8 (N, T, 1)."""
+    table = bytes(DBPEDIA_ALPHABET.index(chr(c)) + 2 if chr(c) in DBPEDIA_ALPHABET else 1
+                  for c in range(256))
+    out = torch.zeros(len(texts), seq_len, 1, dtype=torch.uint8)
+    for i, t in enumerate(texts):
+        b = t.lower().encode("latin-1", errors="replace")[:seq_len].translate(table)
+        if b:
+            out[i, seq_len - len(b):, 0] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
+    return out
+
+
+class DBpediaTask(ImageTask):
+    """DBpedia (14 classes) as character sequences of T steps: tokens (T, B) in 0..vocab-1.
+
+    5% of the training CSV is held out for validation (seed SPLIT_SEED); the test split is the
+    official test.csv. Always tokens (characters have no scale), whatever `as_tokens` says.
+    """
+
+    def __init__(self, seq_len, batch_size, data_dir, seed, as_tokens=True):
+        self.name, self.batch_size, self.seed, self.as_tokens = "dbpedia", batch_size, seed, True
+        self.kind, self._epoch, self._order = "classify", None, None
+        raw = load_dbpedia(data_dir)
+        (texts, y_train), (test_texts, y_test) = raw["train"], raw["test"]
+        x_train, x_test = encode_chars(texts, seq_len), encode_chars(test_texts, seq_len)
+        split = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_val = len(x_train) // 20
+        self.data = {"train": (x_train[split[n_val:]], y_train[split[n_val:]]),
+                     "valid": (x_train[split[:n_val]], y_train[split[:n_val]]),
+                     "test": (x_test, y_test)}
+        self.n_in, self.seq_len, self.n_out = 1, seq_len, 14
+        self.vocab = len(DBPEDIA_ALPHABET) + 2
+        self.description = (
+            f"dbpedia (char level): title + content, lower-cased, first {seq_len} characters "
+            f"right-aligned, vocab {self.vocab} (0 pad, 1 other); train "
+            f"{len(self.data['train'][0])} / valid {n_val} / test {len(x_test)}; metric accuracy")
+
+
+TASK_NAMES = ["copy", "adding", "mnist", "pmnist", "cifar10", "ptb", "text8", "ntu",
+              "stanford_dogs", "dbpedia"]
 
 
 def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test_seq_len=None,
-              as_tokens=False, eval_size=1000):
-    """Builds a task by name (one of TASK_NAMES). Raises ValueError / DataError with a clear message."""
+              as_tokens=False, eval_size=1000, ntu_protocol="cs"):
+    """Builds a task by name (one of TASK_NAMES). Raises ValueError / DataError with a clear message.
+
+    `seq_len` is T of copy / adding / ptb / text8 and the frames per sequence of ntu (default 20);
+    images have fixed lengths. `ntu_protocol` is "cs" (cross-subject) or "cv" (cross-view)."""
     if name in ("copy", "adding"):
         return SyntheticTask(name, seq_len, batch_size, seed, test_seq_len, eval_size)
     if name in ("mnist", "pmnist", "cifar10"):
         return ImageTask(name, batch_size, data_dir, seed, as_tokens)
     if name in ("ptb", "text8"):
         return CharLMTask(name, seq_len, batch_size, data_dir)
+    if name == "ntu":
+        return NTUTask(ntu_protocol, batch_size, data_dir, seed, frames=seq_len or 20)
+    if name == "stanford_dogs":  # seq_len: side^2 pixels (default 4096 = 64 x 64)
+        return StanfordDogsTask(seq_len or 4096, batch_size, data_dir, seed, as_tokens)
+    if name == "dbpedia":        # seq_len: characters per document (default 1024)
+        return DBpediaTask(seq_len or 1024, batch_size, data_dir, seed)
     raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
 
 

@@ -1,0 +1,261 @@
+"""indrnn.py: the recurrence Function, independence, the constraint, shapes, learning, NTU, CLI."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import indrnn
+import tasks
+from conftest import ROOT
+
+
+def _random_inputs(T=12, B=3, H=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pre = torch.randn(T, B, H, generator=g, dtype=torch.float64).requires_grad_()
+    u = (torch.rand(H, generator=g, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+    h0 = torch.rand(B, H, generator=g, dtype=torch.float64).requires_grad_()
+    return pre, u, h0
+
+
+def test_recurrence_function_matches_the_autograd_loop():
+    pre, u, h0 = _random_inputs()
+    upstream = torch.randn(pre.shape, dtype=torch.float64)
+    grads = []
+    for fn in (indrnn.indrnn_recurrence, indrnn.indrnn_recurrence_reference):
+        h = fn(pre, u, h0)
+        grads.append((h,) + torch.autograd.grad((h * upstream).sum(), (pre, u, h0)))
+    (h_fast, *g_fast), (h_ref, *g_ref) = grads
+    assert (h_ref == 0).any() and (h_ref > 0).any(), "the test needs active and inactive units"
+    assert torch.allclose(h_fast, h_ref, atol=1e-12)
+    for name, a, b in zip(("pre", "u", "h0"), g_fast, g_ref):
+        assert torch.allclose(a, b, atol=1e-10), f"gradient of {name} differs"
+    assert torch.autograd.gradcheck(indrnn.IndRNNRecurrence.apply, _random_inputs(T=6, H=3))
+
+
+def test_recurrence_runs_in_float32_under_bfloat16():
+    pre, u, h0 = (t.detach() for t in _random_inputs())
+    h = indrnn.indrnn_recurrence(pre.bfloat16(), u.float(), h0.float())
+    assert h.dtype == torch.float32
+    with pytest.raises(ValueError, match="need pre"):
+        indrnn.indrnn_recurrence(pre, u[:2], h0)
+
+
+def test_units_are_independent_jacobian_is_diagonal():
+    torch.manual_seed(0)
+    layer = indrnn.IndRNN(4, 6).double()
+    x = torch.randn(1, 1, 4, dtype=torch.float64)
+    h_prev = torch.rand(1, 6, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda h: layer(x, h)[1][0], h_prev)[:, 0]  # (6, 6)
+    off_diagonal = jac - torch.diag(torch.diagonal(jac))
+    assert (off_diagonal == 0).all()
+    active = (layer(x, h_prev)[1][0] > 0).double()
+    assert torch.allclose(torch.diagonal(jac), layer.u.detach() * active)
+
+
+def test_initialisation_and_constraint_bounds():
+    torch.manual_seed(0)
+    T, mag = 100, 2.0
+    net = indrnn.DeepIndRNN(2, 64, layers=3, seq_len=T, mag=mag, long_memory=True)
+    cap = mag ** (1 / T)
+    first, last = net.layers[0].u, net.layers[-1].u
+    assert (first >= 0).all() and (first <= cap).all()
+    assert (last >= 1 / cap).all() and (last <= cap).all(), "long-memory init of the last layer"
+    with torch.no_grad():
+        first.fill_(5.0)
+        last.fill_(-5.0)
+    net.constrain_()
+    assert torch.allclose(first, torch.full_like(first, cap))
+    assert torch.allclose(last, torch.full_like(last, -cap))
+
+
+def test_shapes_and_h0_handling():
+    torch.manual_seed(0)
+    layer = indrnn.IndRNN(3, 7)
+    x = torch.randn(10, 4, 3)
+    out, h_n = layer(x)
+    assert out.shape == (10, 4, 7) and h_n.shape == (4, 7)
+    assert torch.equal(h_n, out[-1])
+    first, h_mid = layer(x[:6])
+    second, h_end = layer(x[6:], h_mid)  # carrying the state equals one call over all steps
+    assert torch.allclose(torch.cat([first, second]), out) and torch.allclose(h_end, h_n)
+    assert not torch.allclose(layer(x, torch.ones(4, 7))[0], out), "h0 is used"
+    with pytest.raises(ValueError, match=r"\(T, B, 3\), got \(10, 4, 2\)"):
+        layer(torch.randn(10, 4, 2))
+    with pytest.raises(ValueError, match="h0 must be"):
+        layer(x, torch.zeros(4, 6))
+    with pytest.raises(ValueError, match="residual"):
+        indrnn.DeepIndRNN(3, 7, layers=4, residual=True)
+
+
+@pytest.mark.parametrize("model", ["indrnn", "res-indrnn", "lstm", "irnn"])
+def test_every_model_runs_and_carries_its_state(model):
+    torch.manual_seed(0)
+    kw = dict(batch_norm="frame", seq_len=8, dropout=0.2) if "indrnn" in model else {}
+    net = indrnn.Net(model, 5, 5, 16, 3 if model == "res-indrnn" else 2, per_step=True, **kw)
+    x = torch.randint(0, 5, (8, 4))
+    logits, state = net(x)
+    logits2, _ = net(x, indrnn.detach_state(state))
+    assert logits.shape == (8, 4, 5) and not torch.allclose(logits, logits2)
+
+
+def test_grad_checkpoint_gives_the_same_gradients_and_running_stats():
+    x = torch.randn(16, 4, 3)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = indrnn.DeepIndRNN(3, 8, layers=5, residual=True, dropout=0.3, batch_norm="time",
+                                seq_len=16, grad_checkpoint=ckpt)
+        out, _ = net(x)
+        out.square().sum().backward()
+        results.append((out, [p.grad for p in net.parameters()],
+                        [b for n, b in net.named_buffers() if "running" in n]))
+    (o1, g1, b1), (o2, g2, b2) = results
+    assert torch.allclose(o1, o2)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+    assert all(torch.allclose(a, b) for a, b in zip(b1, b2)), "BN counts its batch once"
+
+
+def _run(tmp_path, *extra, data_dir=None):
+    argv = ["--out-dir", str(tmp_path), "--threads", "1", *extra]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    return indrnn.main(argv)
+
+
+def test_constraint_holds_after_every_step(tmp_path):
+    rec = _run(tmp_path, "--task", "adding", "--seq-len", "20", "--steps", "3", "--lr", "1.0",
+               "--eval-every", "3", "--eval-size", "50")
+    name = f"indrnn-adding-indrnn-{rec['config']['tag']}.pt"
+    state = torch.load(tmp_path / "ckpt" / name, weights_only=False)["model"]
+    cap = 2.0 ** (1 / 20)
+    us = [v for k, v in state.items() if k.endswith(".u")]
+    assert len(us) == 2 and all(u.abs().max() <= cap + 1e-6 for u in us)
+    assert any(u.abs().max() > cap - 1e-3 for u in us), "lr 1.0 pushes u to the bound"
+
+
+def test_short_adding_run_learns(tmp_path):
+    rec = _run(tmp_path, "--task", "adding", "--seq-len", "30", "--steps", "500", "--lr", "2e-3",
+               "--eval-every", "250", "--eval-size", "500")
+    assert rec["metrics"]["test_mse"] < 0.167 / 4, rec["metrics"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = ["--task", "adding", "--seq-len", "12", "--eval-every", "3", "--eval-size", "50",
+              "--bn", "time", "--dropout", "0.2", "--layers", "3", "--model", "res-indrnn"]
+    straight = _run(tmp_path / "a", *common, "--steps", "6")
+    _run(tmp_path / "b", *common, "--steps", "3")
+    resumed = _run(tmp_path / "b", *common, "--steps", "6", "--resume")
+    assert straight["metrics"] == resumed["metrics"]
+    name = "indrnn-adding-res-indrnn-T12.pt"
+    a = torch.load(tmp_path / "a" / "ckpt" / name, weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "ckpt" / name, weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ptb_run_with_frame_wise_batch_norm(tmp_path, data_dir):
+    rec = _run(tmp_path, "--task", "ptb", "--hidden-size", "16", "--layers", "2", "--steps", "2",
+               "--eval-every", "2", "--eval-size", "2", "--batch-size", "4", data_dir=data_dir)
+    assert 0 < rec["metrics"]["valid_bpc"] < 10 and rec["config"]["bn"] == "frame"
+    # the test pass carries the state through the whole test set (100k steps): no overflow
+    assert math.isfinite(rec["metrics"]["test_bpc"]) and rec["config"]["mag"] == 1.0
+
+
+def _skeleton_text(frames):
+    """A .skeleton file in the official NTU RGB+D format. frames: list of {bodyID: (25, 3)}."""
+    lines = [str(len(frames))]
+    for frame in frames:
+        lines.append(str(len(frame)))
+        for body_id, joints in frame.items():
+            lines.append(f"{body_id} 0 1 2 1 2 0 0.1 -0.2 2")
+            lines.append("25")
+            for x, y, z in joints:
+                lines.append(f"{x} {y} {z} 250.1 200.2 1000.3 500.4 0.1 0.2 0.3 0.4 2")
+    return "\n".join(lines) + "\n"
+
+
+def test_ntu_parser_reads_the_official_format(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.rand(3, 25, 3, generator=g).round(decimals=4) for _ in range(3))
+    frames = [{"72057594037931101": a[0]},
+              {"72057594037931101": a[1], "72057594037931102": b[1]},
+              {"72057594037931102": b[2], "72057594037931103": c[2]}]
+    path = tmp_path / "S001C002P003R001A010.skeleton"
+    path.write_text(_skeleton_text([{k: v.tolist() for k, v in f.items()} for f in frames]))
+    x = tasks.parse_skeleton(str(path))
+    assert x.shape == (3, 150)
+    x = x.view(3, 2, 25, 3)  # bodies ...101 and ...102 are kept (most frames), in that order
+    assert torch.allclose(x[0, 0], a[0]) and (x[0, 1] == 0).all()
+    assert torch.allclose(x[1, 0], a[1]) and torch.allclose(x[1, 1], b[1])
+    assert (x[2, 0] == 0).all() and torch.allclose(x[2, 1], b[2])
+    bad = tmp_path / "bad.skeleton"
+    bad.write_text("2\n1\n72057594037931101 0 1 2 1 2 0 0.1 -0.2 2\n24\n")
+    with pytest.raises(tasks.DataError, match="bad.skeleton"):
+        tasks.parse_skeleton(str(bad))
+
+
+def test_ntu_task_splits_and_samples_frames(tmp_path):
+    folder = tmp_path / "ntu" / "nturgb+d_skeletons"
+    with pytest.raises(tasks.DataError, match="registration"):
+        tasks.make_task("ntu", data_dir=str(tmp_path))
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for subject in (1, 3):          # 1 trains in cross-subject, 3 tests
+        for camera in (1, 2):       # 2 trains in cross-view, 1 tests
+            for action in range(1, 21):
+                n = 5 + action      # frames
+                frames = [{"7": torch.rand(25, 3, generator=g).tolist()} for _ in range(n)]
+                name = f"S001C{camera:03d}P{subject:03d}R001A{action:03d}.skeleton"
+                (folder / name).write_text(_skeleton_text(frames))
+    (folder / "S001C001P001R002A001.skeleton").write_text("0\n")  # a sample without skeletons
+    cs = tasks.make_task("ntu", batch_size=8, data_dir=str(tmp_path), ntu_protocol="cs")
+    assert (tmp_path / "ntu" / "skeletons.pt").exists(), "parsed once, then cached"
+    d = tasks.load_ntu(str(tmp_path))
+    assert (d["subject"][cs.index["test"]] == 3).all()
+    assert (d["subject"][torch.cat([cs.index["train"], cs.index["valid"]])] == 1).all()
+    cv = tasks.make_task("ntu", batch_size=8, data_dir=str(tmp_path), ntu_protocol="cv")
+    assert (d["camera"][cv.index["test"]] == 1).all()
+    x, y = cs.train_batch(0)
+    assert x.shape == (20, 8, 150) and y.shape == (8,) and y.max() < 60
+    x2, _ = cs.train_batch(1)
+    assert not torch.equal(x, x2)
+    xs = [x for x, _ in cs.eval_batches("test")]
+    assert sum(len(x[0]) for x in xs) == len(cs.index["test"])
+    assert torch.equal(xs[0], next(iter(cs.eval_batches("test")))[0]), "evaluation is fixed"
+    empty = d["names"].index("S001C001P001R002A001.skeleton")
+    assert (cs._batch(torch.tensor([empty]))[0] == 0).all()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "indrnn.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_rejects_bad_input_with_a_clear_message():
+    r = _cli("--model", "res-indrnn", "--layers", "4")
+    assert r.returncode == 2 and "1 + 2 * blocks" in r.stderr
+    r = _cli("--task", "mnist", "--seq-len", "100")
+    assert r.returncode == 2 and "fixed by the images" in r.stderr
+    r = _cli("--model", "lstm", "--grad-checkpoint")
+    assert r.returncode == 2 and "--grad-checkpoint applies" in r.stderr
+    r = _cli("--task", "ntu", "--data-dir", "/nonexistent-dir", "--steps", "1")
+    assert r.returncode == 1 and "registration" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_benchmark_prints_both_layers(capsys):
+    indrnn.main(["--benchmark", "--seq-len", "30", "--batch-size", "4", "--hidden-size", "8",
+                 "--threads", "1"])
+    out = capsys.readouterr().out
+    for row in ("| 8 | 30 | nn.LSTM |", "| 8 | 30 | IndRNN |", "| 2 | 30 | IndRNN, naive loop"):
+        assert row in out
+
+
+def test_quick_adding_runs_indrnn_and_lstm_side_by_side(tmp_path, capsys):
+    records = indrnn.cli(["--task", "adding", "--quick", "--seq-len", "20", "--steps", "3",
+                          "--eval-every", "3", "--eval-size", "20", "--out-dir", str(tmp_path)])
+    assert [r["config"]["model"] for r in records] == ["indrnn", "lstm"]
+    assert all(r["config"]["threads"] == 1 and r["steps_done"] == 3 for r in records)
+    table = capsys.readouterr().out
+    assert "| indrnn.py | adding | indrnn | 20 |" in table and "| indrnn.py | adding | lstm | 20 |" in table

@@ -1,0 +1,533 @@
+"""rlstm.py: anchors, gradient windows, scheduled sampling, the two phases, learning, resume,
+grad-checkpoint, the StanfordDogs and DBpedia parsers, the CLI and the benchmark."""
+import csv
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+import warnings
+import zlib
+
+import pytest
+import torch
+
+import rlstm
+import tasks
+from conftest import ROOT
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny classification task in the ImageTask interface: "sticky" token sequences (each token
+# repeats the previous one with probability 0.8, so the auxiliary losses can be learnt) and the
+# label is token T-3 >= 4.
+
+class TinyTask:
+    kind, n_in, vocab, n_out = "classify", 1, 8, 2
+    description = "tiny: T=24, label = token[T-3] >= 4"
+
+    def __init__(self, seq_len=24, batch_size=16, seed=0, **_):
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        g = torch.Generator().manual_seed(123)
+        self.data = {s: self._make(n, g) for s, n in (("train", 512), ("valid", 64), ("test", 64))}
+
+    def _make(self, n, g):
+        x = torch.randint(0, 8, (n, self.seq_len), generator=g)
+        keep = torch.rand(n, self.seq_len, generator=g) < 0.8
+        for t in range(1, self.seq_len):
+            x[:, t] = torch.where(keep[:, t], x[:, t - 1], x[:, t])
+        return x, (x[:, -3] >= 4).long()
+
+    def train_batch(self, step):
+        x, y = self.data["train"]
+        idx = torch.randperm(len(x), generator=tasks._step_generator(self.seed, step))[:self.batch_size]
+        return x[idx].t(), y[idx]
+
+    def eval_batches(self, split, limit=None):
+        x, y = self.data[split]
+        n = len(x) if limit is None else min(limit, len(x))
+        for s in range(0, n, self.batch_size):
+            yield x[s:s + self.batch_size].t(), y[s:s + self.batch_size]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(tasks, "make_task", lambda name, seq_len, batch_size, *a, **k:
+                        TinyTask(seq_len, batch_size))
+
+
+def _run(tmp_path, *extra):
+    args = ["--task", "dbpedia", "--seq-len", "24", "--batch-size", "16", "--hidden-size", "16",
+            "--embed-size", "8", "--ffn-size", "16", "--aux-hidden", "16", "--aux-len", "6",
+            "--bptt", "8", "--aux-bptt", "5", "--eval-every", "5", "--out-dir", str(tmp_path),
+            "--threads", "1", *extra]
+    return rlstm.main(args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Anchors
+
+def test_anchors_differ_across_samples_and_batches_and_stay_in_range():
+    torch.manual_seed(0)
+    a1 = rlstm.draw_anchors("rlstm", 784, 600, 1, 64)
+    a2 = rlstm.draw_anchors("rlstm", 784, 600, 1, 64)
+    assert a1.shape == (1, 64) and len(a1.unique()) > 20, "anchors differ across samples"
+    assert not torch.equal(a1, a2), "anchors are redrawn for every batch"
+    assert a1.min() >= 600 and a1.max() <= 784
+    p = rlstm.draw_anchors("plstm", 784, 600, 3, 64)
+    assert p.shape == (3, 64) and p.min() >= 1 and p.max() <= 185
+    with pytest.raises(ValueError, match="does not fit"):
+        rlstm.draw_anchors("rlstm", 100, 600, 1, 4)
+
+
+def test_training_draws_new_anchors_every_batch(tiny, tmp_path, monkeypatch):
+    seen = []
+    real = rlstm.draw_anchors
+    monkeypatch.setattr(rlstm, "draw_anchors", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    _run(tmp_path, "--steps", "3")
+    assert len(seen) == 3 and not torch.equal(seen[0], seen[1])
+    assert all(len(s.unique()) > 1 for s in seen)
+
+
+def test_aux_windows_are_the_elements_before_or_after_the_anchor():
+    T, B = 20, 3
+    x = torch.arange(T).view(T, 1, 1).expand(T, B, 1) * 10 + torch.arange(B).view(1, B, 1)
+    anchors = torch.tensor([[6, 11, 20]])
+    r = rlstm.aux_windows("rlstm", x, anchors, 4)  # x[a-4 .. a-1]
+    assert r[:, :, 0].t().tolist() == [[20, 30, 40, 50], [71, 81, 91, 101], [162, 172, 182, 192]]
+    p = rlstm.aux_windows("plstm", x, anchors[:, :2], 4)  # x[a-1 .. a+2]
+    assert p[:, :, 0].t().tolist() == [[50, 60, 70, 80], [101, 111, 121, 131]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient windows, checked with gradients on the (already embedded) inputs
+
+def _net(checkpoint_every=0):
+    torch.manual_seed(0)
+    return rlstm.MainNet(0, 1, 3, embed=4, hidden=6, ffn=8, checkpoint_every=checkpoint_every)
+
+
+def test_anchor_states_equal_a_plain_lstm_run():
+    net = _net()
+    x = torch.randn(30, 4, 4)
+    anchors = torch.tensor([[5, 17, 30, 1], [12, 12, 29, 3]])
+    with torch.no_grad():
+        out, _ = net.lstm(x)
+    for aux_bptt in (0, 4, 40):
+        _, (h, c) = net(x, bptt=7, anchors=anchors, aux_bptt=aux_bptt)
+        want = out[anchors - 1, torch.arange(4)]
+        assert torch.allclose(h, want, atol=1e-5), aux_bptt
+    logits, _ = net(x, bptt=7)
+    with torch.no_grad():
+        assert torch.allclose(logits, net(x)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("aux_bptt", [5, 0])
+def test_auxiliary_gradient_stops_aux_bptt_steps_before_the_anchor(aux_bptt):
+    net = _net()
+    T = 30
+    x = torch.randn(T, 3, 4, requires_grad=True)
+    anchors = torch.tensor([[20, 9, 3]])
+    _, (h, c) = net(x, bptt=7, anchors=anchors, aux_bptt=aux_bptt, supervised=False)
+    (h.sum() + c.sum()).backward()
+    g = x.grad.norm(dim=2)  # (T, B)
+    for b, a in enumerate(anchors[0].tolist()):
+        lo = max(a - aux_bptt, 0) if aux_bptt else 0
+        assert (g[lo:a, b] > 0).all(), (b, g[:, b])
+        assert (g[:lo, b] == 0).all() and (g[a:, b] == 0).all(), (b, g[:, b])
+
+
+@pytest.mark.parametrize("bptt", [7, 0])
+def test_supervised_gradient_stops_bptt_steps_before_the_end(bptt):
+    net = _net()
+    T = 30
+    x = torch.randn(T, 3, 4, requires_grad=True)
+    logits, _ = net(x, bptt=bptt, anchors=torch.tensor([[20, 9, 3]]), aux_bptt=5)
+    logits.sum().backward()  # the anchor states are not used: only the supervised path
+    g = x.grad.norm(dim=2)
+    lo = T - bptt if bptt else 0
+    assert (g[lo:] > 0).all() and (g[:lo] == 0).all(), g
+
+
+def test_grad_checkpoint_gives_the_same_gradients():
+    x = torch.randn(31, 3, 4, requires_grad=True)
+    anchors = torch.tensor([[20, 9, 31]])
+
+    def grads(every):
+        net = _net(every)
+        x.grad = None
+        logits, (h, c) = net(x, bptt=0, anchors=anchors, aux_bptt=0)
+        (logits.pow(2).sum() + h.sum()).backward()
+        return [x.grad.clone()] + [p.grad.clone() for p in net.parameters()], logits.detach()
+
+    plain, out_plain = grads(0)
+    ckpt, out_ckpt = grads(4)
+    assert torch.allclose(out_plain, out_ckpt, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(plain, ckpt))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scheduled sampling
+
+def _decoder_and_window():
+    torch.manual_seed(0)
+    dec = rlstm.AuxDecoder(8, 2, main_hidden=6, embed=4, hidden=10, ffn=12)
+    state = (torch.randn(5, 6), torch.randn(5, 6))
+    window = torch.randint(0, 8, (9, 5, 2))
+    return dec, state, window
+
+
+def test_scheduled_sampling_at_probability_0_equals_teacher_forcing():
+    dec, state, window = _decoder_and_window()
+    inputs, loop_logits = dec.sample_inputs(state, window, 0.0)
+    assert torch.equal(inputs, window[:-1])
+    with torch.no_grad():
+        tf = dec(state, window[:-1])
+    assert tf.shape == (8, 5, 2, 8)
+    assert torch.allclose(loop_logits, tf, atol=1e-5)
+
+
+def test_scheduled_sampling_feeds_own_samples_and_the_vectorised_pass_matches_the_loop():
+    dec, state, window = _decoder_and_window()
+    torch.manual_seed(1)
+    inputs, loop_logits = dec.sample_inputs(state, window, 1.0)
+    assert torch.equal(inputs[0], window[0]), "the first element is always fed"
+    assert not torch.equal(inputs[1:], window[1:-1]), "p = 1 feeds the decoder's own samples"
+    with torch.no_grad():
+        assert torch.allclose(dec(state, inputs), loop_logits, atol=1e-5)
+    torch.manual_seed(1)
+    half, _ = dec.sample_inputs(state, window, 0.5)
+    mixed = (half[1:] == window[1:-1]).all(-1).float().mean()
+    assert 0.3 < mixed < 1.0
+
+
+def test_decoder_bottom_layer_starts_from_the_main_state():
+    dec, state, window = _decoder_and_window()
+    other = (state[0] + 1, state[1])
+    with torch.no_grad():
+        assert not torch.allclose(dec(state, window[:-1]), dec(other, window[:-1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: two phases, learning, resume
+
+def test_two_phase_schedule(tiny, tmp_path, monkeypatch):
+    flags = []
+    real = rlstm.losses
+
+    def spy(model, x, y, args, sample_prob, supervised=True):
+        flags.append((supervised, sample_prob))
+        return real(model, x, y, args, sample_prob, supervised)
+    monkeypatch.setattr(rlstm, "losses", spy)
+    # 512 training samples / batch 16 = 32 steps per epoch; 0.125 epochs = 4 pretraining steps
+    rec = _run(tmp_path, "--steps", "8", "--pretrain-epochs", "0.125",
+               "--eval-every", "4", "--ss-max", "0.4", "--ss-steps", "4")
+    assert [f[0] for f in flags] == [False] * 4 + [True] * 4
+    assert [round(f[1], 2) for f in flags] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4]
+    assert rec["pretrain_steps"] == 4
+    assert [h["phase"] for h in rec["history"]] == ["pretrain", "joint"]
+    assert "sup_loss" not in rec["history"][0] and "sup_loss" in rec["history"][1]
+
+
+def test_pretraining_leaves_the_classifier_untouched(tiny, tmp_path, monkeypatch):
+    models = []
+    real = rlstm.build_model
+    monkeypatch.setattr(rlstm, "build_model", lambda a, t: models.append(real(a, t)) or models[-1])
+    torch.manual_seed(0)
+    _run(tmp_path, "--steps", "4", "--pretrain-epochs", "1")
+    torch.manual_seed(0)
+    fresh = real(rlstm.parse_args(["--task", "mnist", "--hidden-size", "16", "--embed-size", "8",
+                                   "--ffn-size", "16", "--aux-hidden", "16", "--aux-len", "6"]),
+                 TinyTask())
+    trained = models[0]
+    head = [(a, b) for a, b in zip(trained.main.head.parameters(), fresh.main.head.parameters())]
+    assert all(torch.equal(a, b) for a, b in head), "the classifier is not trained in phase 1"
+    assert not torch.equal(trained.main.lstm.weight_hh_l0, fresh.main.lstm.weight_hh_l0)
+
+
+@pytest.mark.parametrize("model", ["rlstm", "plstm", "lstm"])
+def test_short_run_lowers_the_loss(tiny, tmp_path, model):
+    rec = _run(tmp_path, "--model", model, "--steps", "60", "--eval-every", "20",
+               "--pretrain-epochs", "0", "--lr", "1e-2")
+    ce = [h["valid_ce"] for h in rec["history"]]
+    assert ce[-1] < 0.8 * ce[0] or ce[-1] < 0.35, ce
+    if model != "lstm":
+        aux = [h["aux_loss"] for h in rec["history"]]  # uniform guess: ln 8 = 2.08 nats
+        assert aux[-1] < 0.8 * math.log(8), aux
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    extra = ["--steps", "20", "--pretrain-epochs", "0.2", "--ss-max", "0.5"]
+    full = _run(tmp_path / "a", *extra)
+    real = TinyTask.train_batch
+
+    def dies_at_step_12(self, step):
+        if step == 12:
+            raise KeyboardInterrupt
+        return real(self, step)
+    monkeypatch.setattr(TinyTask, "train_batch", dies_at_step_12)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", *extra)
+    monkeypatch.setattr(TinyTask, "train_batch", real)
+    resumed = _run(tmp_path / "b", *extra, "--resume")
+    assert [h["step"] for h in resumed["history"]] == [5, 10, 15, 20]
+    assert resumed["metrics"] == full["metrics"]
+    name = "rlstm-dbpedia-rlstm-T24-trunc8.pt"
+    a = torch.load(tmp_path / "a" / "ckpt" / name, weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "ckpt" / name, weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_results_file_has_the_promised_fields(tiny, tmp_path):
+    rec = _run(tmp_path, "--steps", "5")
+    saved = json.loads((tmp_path / "rlstm-dbpedia-rlstm-T24-trunc8.json").read_text())
+    for key in ("config", "metrics", "wall_seconds", "peak_memory_mb", "device", "torch",
+                "git_commit", "task", "paper", "hardware", "command", "unconfirmed_defaults"):
+        assert key in saved
+    assert saved["metrics"] == rec["metrics"] and "test_acc" in saved["metrics"]
+    assert saved["paper"] == "UNCONFIRMED"  # bptt 8 is not a row of Table 2
+    args = rlstm.parse_args(["--task", "mnist", "--model", "rlstm"])
+    assert rlstm.paper_number(args) == "96.4 (Truncate300)"
+    args = rlstm.parse_args(["--task", "cifar10", "--model", "lstm", "--bptt", "0"])
+    assert rlstm.paper_number(args) == "58.8 (Full BP)"
+
+
+def test_real_mnist_training_step(data_dir):
+    """One r-LSTM forward+backward at the paper's sizes on real MNIST pixel tokens."""
+    task = tasks.make_task("mnist", batch_size=4, data_dir=data_dir, as_tokens=True)
+    args = rlstm.parse_args(["--task", "mnist"])
+    model = rlstm.build_model(args, task)
+    x, y = task.train_batch(0)
+    x = rlstm.as_steps(x)
+    assert x.shape == (784, 4, 1) and x.dtype == torch.long and int(x.max()) > 200
+    sup, aux = rlstm.losses(model, x, y, args, sample_prob=0.1)
+    (sup + aux).backward()
+    assert 1.5 < sup.item() < 3.5 and 4.0 < aux.item() < 7.0  # about ln 10 and ln 256
+    assert model.main.lstm.weight_hh_l0.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI and benchmark
+
+def _cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "rlstm.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "nope"], "invalid choice: 'nope'"),
+    (["--resume", "--out-dir", "/nonexistent/dir"], "no checkpoint"),
+])
+def test_cli_bad_input_gives_one_line_error(args, message):
+    r = _cli(*args)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "sab"], "invalid choice: 'sab'"),
+    (["--bptt", "-1"], "must be a non-negative integer, got -1"),
+    (["--aux-len", "900"], "--aux-len 900 does not fit --seq-len 784"),
+    (["--model", "plstm", "--aux-len", "785"], "--aux-len 785 does not fit --seq-len 784"),
+    (["--ss-max", "2"], "--ss-max must be in [0, 1]"),
+    (["--seq-len", "100"], "--seq-len is fixed by the images"),
+    (["--layers", "2"], "the main network is a 1-layer LSTM"),
+    (["--hidden-size", "300"], "--aux-hidden 256 must be >= --hidden-size 300"),
+])
+def test_bad_arguments_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        rlstm.parse_args(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_benchmark_prints_all_three_models(capsys):
+    rlstm.main(["--benchmark", "--seq-len", "40", "--batch-size", "2", "--hidden-size", "8",
+                "--embed-size", "8", "--aux-hidden", "8", "--ffn-size", "8", "--aux-len", "10",
+                "--bptt", "12", "--aux-bptt", "12", "--threads", "1"])
+    out = capsys.readouterr().out
+    for row in ("| rlstm Truncate12 | 40 |", "| lstm Full BP | 40 |",
+                "| lstm Full BP --grad-checkpoint | 40 |"):
+        assert row in out
+
+
+# ----------------------------------------------------------------------------------------------
+# StanfordDogs: a fixture in the official layout (images.tar with Images/<wnid>-<breed>/*.jpg,
+# lists.tar with MATLAB v5 file_list.mat / train_list.mat / test_list.mat), written here.
+
+def _mat_el(kind, data):
+    if 0 < len(data) <= 4:  # MATLAB's small data element format
+        return struct.pack("<HH", kind, len(data)) + data.ljust(4, b"\0")
+    return struct.pack("<II", kind, len(data)) + data + b"\0" * (-len(data) % 8)
+
+
+def _mat_matrix(cls, dims, name, payload):
+    return _mat_el(14, _mat_el(6, struct.pack("<II", cls, 0))
+                   + _mat_el(5, struct.pack(f"<{len(dims)}i", *dims))
+                   + _mat_el(1, name.encode()) + payload)
+
+
+def _mat_cell_of_strings(name, strings):
+    chars = [_mat_matrix(4, (1, len(s)), "", _mat_el(4, struct.pack(f"<{len(s)}H", *map(ord, s))))
+             for s in strings]
+    return _mat_matrix(1, (len(strings), 1), name, b"".join(chars))
+
+
+def _write_mat(path, elements, compress):
+    with open(path, "wb") as f:
+        f.write(b"MATLAB 5.0 MAT-file, written by the rlstm tests".ljust(116) + b"\0" * 8
+                + b"\x00\x01IM")
+        for el in elements:
+            if compress:
+                z = zlib.compress(el)
+                f.write(struct.pack("<II", 15, len(z)) + z)
+            else:
+                f.write(el)
+
+
+BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
+
+
+def _dogs_fixture(root):
+    """3 breeds x 3 images (train: 2 per breed, test: 1), in images.tar and lists.tar."""
+    import torchvision
+    src = root / "src"
+    files, labels = {"train": [], "test": []}, {"train": [], "test": []}
+    torch.manual_seed(0)
+    for c, breed in enumerate(BREEDS):
+        (src / "Images" / breed).mkdir(parents=True)
+        for i in range(3):
+            name = f"{breed}/{breed.split('-')[0]}_{100 + i}.jpg"
+            h, w = 40 + 10 * i, 60 - 10 * i      # non-square, as the real photos
+            img = torch.full((3, h, w), 40 * (c + 1), dtype=torch.uint8)
+            img[c] = 250                          # each breed a different dominant colour
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torchvision.io.write_file(str(src / "Images" / name),
+                                          torchvision.io.encode_jpeg(img, quality=95))
+            split = "train" if i < 2 else "test"
+            files[split].append(name)
+            labels[split].append(c + 1)
+    lists = src / "lists"
+    lists.mkdir()
+    # MATLAB often stores double labels in a smaller integer type (miUINT8): cover both.
+    _write_mat(lists / "train_list.mat", [
+        _mat_cell_of_strings("file_list", files["train"]),
+        _mat_matrix(6, (len(labels["train"]), 1), "labels",
+                    _mat_el(2, bytes(labels["train"])))], compress=True)
+    _write_mat(lists / "test_list.mat", [
+        _mat_cell_of_strings("file_list", files["test"]),
+        _mat_matrix(6, (len(labels["test"]), 1), "labels",
+                    _mat_el(9, struct.pack(f"<{len(labels['test'])}d", *labels["test"])))],
+               compress=False)
+    _write_mat(lists / "file_list.mat", [
+        _mat_cell_of_strings("file_list", files["train"] + files["test"])], compress=True)
+    folder = root / "data" / "stanford_dogs"
+    folder.mkdir(parents=True)
+    with tarfile.open(folder / "images.tar", "w") as tar:
+        tar.add(src / "Images", arcname="Images")
+    with tarfile.open(folder / "lists.tar", "w") as tar:
+        for name in ("file_list.mat", "train_list.mat", "test_list.mat"):
+            tar.add(lists / name, arcname=name)
+    return root / "data", files, labels
+
+
+def _offline(url, dest):
+    raise OSError("network unreachable")
+
+
+def test_read_mat5_reads_cells_of_strings_and_numbers(tmp_path):
+    path = tmp_path / "x.mat"
+    _write_mat(path, [_mat_cell_of_strings("file_list", ["a/b.jpg", "x", ""]),
+                      _mat_matrix(6, (2, 1), "labels", _mat_el(9, struct.pack("<2d", 3, 120)))],
+               compress=False)
+    assert tasks.read_mat5(str(path)) == {"file_list": ["a/b.jpg", "x", ""], "labels": [3.0, 120.0]}
+    (tmp_path / "bad.mat").write_bytes(b"\x89HDF\r\n" + b"\0" * 200)
+    with pytest.raises(tasks.DataError, match="not a little-endian MATLAB v5"):
+        tasks.read_mat5(str(tmp_path / "bad.mat"))
+
+
+def test_stanford_dogs_parser_on_an_official_layout_fixture(tmp_path, monkeypatch):
+    data_dir, files, labels = _dogs_fixture(tmp_path)
+    monkeypatch.setattr(tasks, "_download", _offline)  # the archives are there: no download
+    monkeypatch.setattr(tasks, "DOGS_SPLIT_SIZES", {"train": 6, "test": 3})
+    task = tasks.make_task("stanford_dogs", seq_len=64, batch_size=2, data_dir=str(data_dir),
+                           as_tokens=True)
+    x_test, y_test = task.data["test"]
+    assert x_test.shape == (3, 64, 3) and x_test.dtype == torch.uint8
+    assert y_test.tolist() == [0, 1, 2]                     # labels 1..120 -> 0..119
+    for c in range(3):                                      # the right image under each label
+        assert x_test[c].float().mean(0).argmax() == c
+    assert len(task.data["train"][0]) + len(task.data["valid"][0]) == 6
+    x, y = task.train_batch(0)
+    assert x.shape == (64, 2, 3) and x.dtype == torch.long and task.n_out == 120
+    assert (data_dir / "stanford_dogs" / "cache_8.pt").exists()
+    monkeypatch.setattr(tasks, "DOGS_SPLIT_SIZES", {"train": 12_000, "test": 8_580})
+    with pytest.raises(tasks.DataError, match="the official split has 12000"):
+        tasks.load_stanford_dogs(str(data_dir), 4)
+    with pytest.raises(ValueError, match="square seq_len"):
+        tasks.make_task("stanford_dogs", seq_len=1000, data_dir=str(data_dir))
+
+
+def test_stanford_dogs_missing_offline_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "_download", _offline)
+    with pytest.raises(SystemExit, match="Put the official images.tar and lists.tar"):
+        rlstm.main(["--task", "stanford_dogs", "--data-dir", str(tmp_path / "empty"),
+                    "--steps", "1"])
+
+
+# ----------------------------------------------------------------------------------------------
+# DBpedia: a fixture in the layout of the extracted standard release (dbpedia_csv/*.csv).
+
+DBPEDIA_ROWS = [
+    (1, "E. D. Abbott Ltd", " Abbott of Farnham E D Abbott Limited was a British coachbuilding "
+                            "business based in Farnham Surrey trading under that name from 1929."),
+    (9, "Ghost Ship \"Q\"", "A film, with \"quotes\", commas, and ümlauts."),
+    (14, "Zoo", "Short."),
+]
+
+
+def _dbpedia_fixture(root):
+    folder = root / "dbpedia" / "dbpedia_csv"
+    folder.mkdir(parents=True)
+    for split, rows in (("train", DBPEDIA_ROWS * 20), ("test", DBPEDIA_ROWS)):
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, quoting=csv.QUOTE_NONNUMERIC).writerows(rows)
+    (folder / "classes.txt").write_text("\n".join(f"Class{i}" for i in range(1, 15)) + "\n")
+    return root
+
+
+def test_dbpedia_parser_on_a_fixture(tmp_path, monkeypatch):
+    data_dir = _dbpedia_fixture(tmp_path)
+    monkeypatch.setattr(tasks, "_download", _offline)
+    raw = tasks.load_dbpedia(str(data_dir))
+    texts, labels = raw["test"]
+    assert labels.tolist() == [0, 8, 13]
+    assert texts[1] == 'Ghost Ship "Q" A film, with "quotes", commas, and ümlauts.'
+    task = tasks.make_task("dbpedia", seq_len=40, batch_size=4, data_dir=str(data_dir))
+    x, y = task.train_batch(0)
+    assert x.shape == (40, 4) and x.dtype == torch.long and task.n_out == 14
+    assert 0 <= x.min() and x.max() < task.vocab
+    enc = tasks.encode_chars(["Zoo Short.", "ü"], 12)[:, :, 0]
+    a = tasks.DBPEDIA_ALPHABET
+    assert enc[0].tolist() == [0, 0] + [a.index(c) + 2 for c in "zoo short."]  # right-aligned
+    assert enc[1].tolist() == [0] * 11 + [1]                                    # unknown char
+    assert len(task.data["train"][0]) + len(task.data["valid"][0]) == 60
+
+
+def test_dbpedia_bad_rows_and_missing_data_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "_download", _offline)
+    with pytest.raises(tasks.DataError, match="dca7b1ae12b1091090db52aa7ec5ca64"):
+        tasks.load_dbpedia(str(tmp_path / "empty"))
+    data_dir = _dbpedia_fixture(tmp_path)
+    with open(data_dir / "dbpedia" / "dbpedia_csv" / "train.csv", "a") as f:
+        f.write('15,"title","class out of range"\n')
+    with pytest.raises(tasks.DataError, match="row 61: expected"):
+        tasks.load_dbpedia(str(data_dir))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "dbpedia").mkdir()
+    (tmp_path / "bad" / "dbpedia" / "dbpedia_csv.tar.gz").write_bytes(b"truncated")
+    with pytest.raises(tasks.DataError, match="fails its md5 checksum"):
+        tasks.load_dbpedia(str(tmp_path / "bad"))
