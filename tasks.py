@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -1076,11 +1077,141 @@ def benchmark(step_fn, device, repeats=3):
     return (time.perf_counter() - start) / repeats, mem
 
 
+# ----------------------------------------------------------------------------------------------
+# The papers' headline tables. run_all.sh gives every run the tag `<row tag>[-quick]-s<seed>`;
+# a results record fills the row with the same script, task, model and row tag, seeds are
+# averaged, and CPU-scale (--quick) runs get their own line. Transfer rows also match the ratio
+# test T / training T (run_all.sh --quick trains the copy task at T/10 and tests at T'/10).
+
+def _row(label, script, task, model, tag, metric, paper="UNCONFIRMED", test_ratio=None):
+    return dict(label=label, script=script, task=task, model=model, tag=tag, metric=metric,
+                paper=paper, test_ratio=test_ratio)
+
+
+def _sab_tables():
+    names = {"lstm": "LSTM (full BPTT)", "tbptt": "TBPTT (k_trunc 5)", "attn": "LSTM + self-attention",
+             "sab": "SAB (k_trunc 5, k_top 5)"}
+    paper = {("sab", 100): "100", ("tbptt", 100): "31 (second-hand)"}
+    copy = [_row(f"{names[m]}, T={T}", "sab.py", "copy", m, f"T{T}", "test_acc",
+                 paper.get((m, T), "UNCONFIRMED")) for m in names for T in (100, 200, 300)]
+    transfer = [_row(f"{names[m]}, trained T=100, tested T={T}", "sab.py", "copy", m, "T100",
+                     "test_acc", test_ratio=T // 100) for m in ("sab", "lstm", "attn")
+                for T in (200, 300, 400, 2000, 5000)]
+    other = [_row(f"{names[m]}, {t}", "sab.py", t, m, tag, metric) for t, tag, metric in
+             [("adding", "T200", "test_mse"), ("pmnist", "T784", "test_acc"),
+              ("cifar10", "T1024", "test_acc"), ("ptb", "T100", "test_bpc"),
+              ("text8", "T180", "test_bpc")] for m in ("tbptt", "lstm", "sab")]
+    return {"sab-copy": ("SAB Table 1: copy memory, test accuracy (%) on the 10 recalled digits",
+                         copy),
+            "sab-transfer": ("SAB Table 5: copy, trained at T=100, tested on longer sequences "
+                             "(accuracy %)", transfer),
+            "sab-other": ("SAB: adding (MSE), pMNIST and CIFAR-10 (accuracy %), PTB and text8 "
+                          "(BPC)", other)}
+
+
+def _indrnn_tables():
+    adding = [_row(f"{m}, T={T}", "indrnn.py", "adding", m, f"T{T}", "test_mse",
+                   "converges" if m == "indrnn" else "fails" if T >= 1000 else "converges")
+              for m in ("indrnn", "lstm", "irnn") for T in (100, 500, 1000, 5000)]
+    paper = {("mnist", "indrnn"): "99.0", ("pmnist", "indrnn"): "96.0",
+             ("mnist", "res-indrnn"): "99.39 (12 layers)", ("pmnist", "res-indrnn"): "97.02 (12 layers)"}
+    mnist = [_row(f"{m}, {t}", "indrnn.py", t, m, "T784", "test_acc", paper[(t, m)])
+             for t in ("mnist", "pmnist") for m in ("indrnn", "res-indrnn")]
+    ptb = [_row("IndRNN 6 layers, T=50", "indrnn.py", "ptb", "indrnn", "T50", "test_bpc", "1.26"),
+           _row("res-IndRNN 11 layers, T=150", "indrnn.py", "ptb", "res-indrnn", "T150",
+                "test_bpc", "1.19")]
+    ntu = [_row(f"IndRNN 6 layers, {p}", "indrnn.py", "ntu", "indrnn", f"T20-{p}", "test_acc",
+                v) for p, v in (("cs", "81.80"), ("cv", "87.97"))]
+    return {"indrnn-adding": ("IndRNN Fig. 2: adding problem, test MSE (0.167 = predicting 1)",
+                              adding),
+            "indrnn-mnist": ("IndRNN Table 2: sequential / permuted MNIST, test accuracy (%)", mnist),
+            "indrnn-ptb": ("IndRNN Table 4: char-level PTB, test BPC", ptb),
+            "indrnn-ntu": ("IndRNN Table 5: NTU RGB+D, test accuracy (%)", ntu)}
+
+
+def _rlstm_tables():
+    values = {"mnist": (98.3, 11.3, 96.4, 95.4, 98.4, 98.0),
+              "pmnist": (89.4, 88.8, 92.8, 92.5, 95.2, 92.8),
+              "cifar10": (58.8, 49.0, 65.9, 64.7, 72.2, 67.6)}
+    rows = [("LSTM Full BP", "lstm", "full"), ("LSTM Truncate300", "lstm", "trunc300"),
+            ("r-LSTM Truncate300", "rlstm", "trunc300"), ("p-LSTM Truncate300", "plstm", "trunc300"),
+            ("r-LSTM Full BP", "rlstm", "full"), ("p-LSTM Full BP", "plstm", "full")]
+    table2 = [_row(f"{label}, {t}", "rlstm.py", t, m, f"T{1024 if t == 'cifar10' else 784}-{kind}",
+                   "test_acc", str(values[t][i]))
+              for t in values for i, (label, m, kind) in enumerate(rows)]
+    dogs = [_row(f"{label}, T={T}", "rlstm.py", "stanford_dogs", m, f"T{T}-{kind}", "test_acc")
+            for T in (1024, 4096, 16384) for label, m, kind in rows[:3]]
+    dbpedia = [_row(label, "rlstm.py", "dbpedia", m, f"T1024-{kind}", "test_acc")
+               for label, m, kind in rows[:3]]
+    return {"rlstm-table2": ("r-LSTM Table 2: test accuracy (%)", table2),
+            "rlstm-dogs": ("r-LSTM: StanfordDogs by sequence length, test accuracy (%)", dogs),
+            "rlstm-dbpedia": ("r-LSTM: DBpedia, test accuracy (%)", dbpedia)}
+
+
+PAPER_TABLES = {**_sab_tables(), **_indrnn_tables(), **_rlstm_tables()}
+
+
+def row_tag(tag):
+    """The row part of a run tag: `T100-quick-s2` -> `T100`."""
+    return re.sub(r"(-quick)?(-s\d+)?$", "", tag or "")
+
+
+def _matches(record, row):
+    c = record["config"]
+    ratio = c["test_seq_len"] / c["seq_len"] if c.get("test_seq_len") else None
+    return (record.get("script") == row["script"] and c.get("task") == row["task"]
+            and c.get("model") == row["model"] and row_tag(c.get("tag")) == row["tag"]
+            and ratio == row["test_ratio"])
+
+
+def paper_tables(records):
+    """Markdown: one table per entry of PAPER_TABLES, one line per row and scale (paper settings
+    or CPU-scale --quick), the paper's number beside ours (mean ± std over seeds), the number of
+    seeds, device and mean wall time; rows without a result say so."""
+    out = []
+    for name, (title, rows) in PAPER_TABLES.items():
+        out += [f"## {title}", "", f"`bash run_all.sh --only {name}`", "",
+                "| row | paper | ours | seeds | scale | device | wall time / run |",
+                "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            runs = [r for r in records if _matches(r, row)]
+            if not runs:
+                out.append(f"| {row['label']} | {row['paper']} | no result yet | 0 | | | |")
+                continue
+            for quick in sorted({bool(r["config"].get("quick")) for r in runs}):
+                group = [r for r in runs if bool(r["config"].get("quick")) == quick]
+                values = [r["metrics"][row["metric"]] for r in group]
+                digits = 2 if row["metric"].endswith("acc") else 4
+                mean = sum(values) / len(values)
+                ours = f"{mean:.{digits}f}"
+                if len(values) > 1:
+                    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                    ours += f" ± {std:.{digits}f}"
+                wall = sum(r["wall_seconds"] for r in group) / len(group) / 60
+                lengths = sorted({str(r["config"].get("seq_len")) for r in group})
+                scale = f"CPU-scale (--quick, T={'/'.join(lengths)})" if quick else "paper settings"
+                out.append(f"| {row['label']} | {row['paper']} | {ours} | {len(group)} | {scale} | "
+                           f"{', '.join(sorted({r['hardware'] for r in group}))} | "
+                           f"{wall:.1f} min |")
+        out.append("")
+    return "\n".join(out)
+
+
 def _main():
-    p = argparse.ArgumentParser(description="Print the results table of finished runs.")
+    p = argparse.ArgumentParser(description="Print the results table of finished runs, or with a "
+                                "folder write <folder>/TABLES.md, the papers' tables.")
     p.add_argument("what", choices=["table"])
-    p.add_argument("files", nargs="+", help="results/*.json")
+    p.add_argument("files", nargs="+", help="results/*.json, or the folder results/")
     args = p.parse_args()
+    if len(args.files) == 1 and os.path.isdir(args.files[0]):
+        folder = args.files[0]
+        records = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+                   if f.endswith(".json")]
+        path = os.path.join(folder, "TABLES.md")
+        with open(path, "w") as f:
+            f.write(f"# Headline tables ({len(records)} runs)\n\n" + paper_tables(records))
+        print(f"wrote {path}")
+        return
     records = [json.load(open(f)) for f in sorted(args.files)]
     print(format_table(records))
 

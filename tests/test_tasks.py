@@ -1,12 +1,16 @@
 """Task definitions (tasks.py): layouts, targets, seeds, metrics and the real-data loaders."""
+import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import tasks
+from conftest import ROOT
 
 
 def test_copy_layout_and_targets():
@@ -186,3 +190,51 @@ def test_text8_download_is_unzipped_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "TEXT8_SHA256", "0" * 64)
     with pytest.raises(tasks.DataError, match="checksum"):
         tasks.ensure_text8(str(tmp_path))
+
+
+def _record(script, task, model, tag, metric, value, quick=False, seed=0, seq_len=100,
+            test_seq_len=None):
+    return {"script": script, "metrics": {metric: value}, "wall_seconds": 120.0,
+            "hardware": "CPU X", "config": {"task": task, "model": model, "quick": quick,
+                                            "seed": seed, "tag": tag, "seq_len": seq_len,
+                                            "test_seq_len": test_seq_len}}
+
+
+def test_paper_tables_put_each_result_in_its_row_and_flag_missing_rows():
+    assert tasks.row_tag("T100-quick-s2") == "T100" and tasks.row_tag("T20-cs-s0") == "T20-cs"
+    records = [
+        _record("sab.py", "copy", "sab", "T200-s0", "test_acc", 50.0),
+        _record("sab.py", "copy", "sab", "T200-s1", "test_acc", 60.0, seed=1),
+        _record("sab.py", "copy", "sab", "T200-quick-s0", "test_acc", 33.0, quick=True,
+                seq_len=20),
+        _record("sab.py", "copy", "sab", "T100-s0", "test_acc", 70.0, test_seq_len=400),
+        _record("sab.py", "copy", "lstm", "T100-quick-s0", "test_acc", 9.0, quick=True,
+                seq_len=10, test_seq_len=20),
+        _record("indrnn.py", "adding", "lstm", "T1000-s0", "test_mse", 0.17),
+    ]
+    text = tasks.paper_tables(records)
+    lines = text.splitlines()
+    sab = [l for l in lines if l.startswith("| SAB (k_trunc 5, k_top 5), T=200 |")]
+    assert sab == ["| SAB (k_trunc 5, k_top 5), T=200 | UNCONFIRMED | 55.00 ± 7.07 | 2 | "
+                   "paper settings | CPU X | 2.0 min |",
+                   "| SAB (k_trunc 5, k_top 5), T=200 | UNCONFIRMED | 33.00 | 1 | "
+                   "CPU-scale (--quick, T=20) | CPU X | 2.0 min |"]
+    assert "| SAB (k_trunc 5, k_top 5), T=100 | 100 | no result yet | 0 | | | |" in lines
+    assert any(l.startswith("| SAB (k_trunc 5, k_top 5), trained T=100, tested T=400 | "
+                            "UNCONFIRMED | 70.00 | 1 |") for l in lines)
+    assert any(l.startswith("| LSTM (full BPTT), trained T=100, tested T=200 | UNCONFIRMED | "
+                            "9.00 | 1 | CPU-scale (--quick, T=10) |") for l in lines)
+    assert "| lstm, T=1000 | fails | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
+    assert "| lstm, T=100 | converges | no result yet | 0 | | | |" in lines
+    for name in tasks.PAPER_TABLES:
+        assert f"`bash run_all.sh --only {name}`" in text
+
+
+def test_table_command_writes_tables_md(tmp_path):
+    rec = _record("indrnn.py", "mnist", "indrnn", "T784-s0", "test_acc", 97.5)
+    (tmp_path / "indrnn-mnist-indrnn-T784-s0.json").write_text(json.dumps(rec))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tasks.py"), "table", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "TABLES.md").read_text()
+    assert "| indrnn, mnist | 99.0 | 97.50 | 1 | paper settings | CPU X | 2.0 min |" in text

@@ -1,0 +1,39 @@
+"""run_all.sh: the command list, --only, and skipping runs whose results exist (no training)."""
+import os
+import subprocess
+
+from conftest import ROOT
+
+
+def _dry_run(*args):
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", *args],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return [l for l in r.stdout.splitlines() if l.startswith("python ")]
+
+
+def test_dry_run_lists_every_table_and_only_selects_one(tmp_path):
+    every = _dry_run("--out-dir", str(tmp_path))
+    scripts = {c.split()[1] for c in every}
+    assert scripts == {"sab.py", "indrnn.py", "rlstm.py"}
+    ptb = _dry_run("--only", "indrnn-ptb", "--out-dir", str(tmp_path))
+    assert ptb == [c for c in every if " indrnn.py --task ptb " in f" {c} "]
+    assert len(ptb) == 2 and all("--tag T" in c and "-s0 " in c for c in ptb)
+    assert len(_dry_run("--only", "indrnn-ptb", "--seeds", "3", "--out-dir", str(tmp_path))) == 6
+
+
+def test_runs_with_results_are_skipped(tmp_path):
+    quick = _dry_run("--quick", "--only", "indrnn-ptb", "--out-dir", str(tmp_path))
+    assert len(quick) == 2 and all("--quick" in c and "-quick-s0" in c for c in quick)
+    (tmp_path / "indrnn-ptb-indrnn-T50-quick-s0.json").write_text("{}")
+    left = _dry_run("--quick", "--only", "indrnn-ptb", "--out-dir", str(tmp_path))
+    assert left == [c for c in quick if "res-indrnn" in c]
+
+
+def test_bad_arguments_are_refused():
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--only", "nope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such table" in r.stderr
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--seeds", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr
