@@ -441,6 +441,8 @@ def parse_args(argv=None):
         cfg["dropout"] = 0.1
     if (args.model, args.task) == ("irnn", "adding") and (args.seq_len or cfg["seq_len"]) >= 1000:
         cfg["lr"] = 1e-5  # CVPR 4.1: IRNN needs a smaller lr on long sequences
+    if args.model == "res-indrnn" and cfg["layers"] % 2 == 0:
+        cfg["layers"] += 1  # presets count plain layers; a residual net has 1 + 2 * blocks
     for k, v in cfg.items():  # command line wins over task defaults
         if getattr(args, k, None) is None:
             setattr(args, k, v)

@@ -233,6 +233,14 @@ def _cli(*args):
                           capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.parametrize("quick", [[], ["--quick"]])
+def test_every_task_and_model_has_a_valid_configuration(quick):
+    for task in indrnn.TASKS:
+        for model in indrnn.MODELS:
+            args = indrnn.parse_args(["--task", task, "--model", model, *quick])
+            assert args.layers >= 1 and args.lr > 0 and args.steps > 0
+
+
 def test_cli_rejects_bad_input_with_a_clear_message():
     r = _cli("--model", "res-indrnn", "--layers", "4")
     assert r.returncode == 2 and "1 + 2 * blocks" in r.stderr
