@@ -373,7 +373,7 @@ TASK_DEFAULTS = {
     # CVPR 4.3: 6 x 2000, T=50, frame-wise BN, batch 128, dropout 0.25, lr / 5 on plateau;
     # the number of steps is UNCONFIRMED (ours: 100k, about 128 epochs). The state is carried
     # from batch to batch, so the sequence has no end: |u| <= 1 (MAG = 1), else the test pass
-    # (13k steps without reset) overflows.
+    # (thousands of steps without a reset) overflows.
     "ptb": dict(seq_len=50, layers=6, hidden_size=2000, batch_size=128, steps=100_000,
                 eval_every=1000, bn="frame", dropout=0.25, mag=1.0),
     # CVPR 4.4: 6 x 512, 20 frames, batch 128, dropout 0.25 (CS) / 0.1 (CV); steps UNCONFIRMED.
