@@ -141,7 +141,36 @@ def _torchvision_dataset(cls, root, train):
             f"{os.path.abspath(where)}, or run once with network access.") from e
 
 
-class ImageTask:
+def holdout(n):
+    """Splits n training samples: (indices kept for training, the 5% held out for validation),
+    the same fixed split (seed SPLIT_SEED) in every script."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = n // 20
+    return order[n_val:], order[:n_val]
+
+
+class EpochShuffle:
+    """Training batches sampled without replacement; the order of an epoch depends on
+    (seed, epoch) only, so a resumed run sees the same batches. Made once per epoch."""
+    _epoch = _order = None
+
+    def _epoch_indices(self, n, step):
+        """Positions in 0..n-1 of the batch_size training samples of `step`."""
+        epoch, i = divmod(step, max(n // self.batch_size, 1))
+        if self._epoch != epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(n, generator=_step_generator(self.seed, epoch))
+        return self._order[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+def _image_splits(x_train, y_train, test):
+    """{"train", "valid", "test"} (x, y) pairs of an image-like task (see `holdout`)."""
+    train, valid = holdout(len(x_train))
+    return {"train": (x_train[train], y_train[train]), "valid": (x_train[valid], y_train[valid]),
+            "test": test}
+
+
+class ImageTask(EpochShuffle):
     """mnist, pmnist (784 steps x 1 channel) and cifar10 (1024 steps x 3 RGB channels).
 
     Pixels scaled to [0, 1]; `as_tokens=True` yields the raw 0..255 values as tokens instead
@@ -153,7 +182,6 @@ class ImageTask:
         import torchvision  # imported here so that synthetic tasks need no torchvision
         self.name, self.batch_size, self.seed, self.as_tokens = name, batch_size, seed, as_tokens
         self.kind = "classify"
-        self._epoch = self._order = None  # the shuffle of the current epoch, made once per epoch
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.MNIST
         train, test = (_torchvision_dataset(cls, data_dir, t) for t in (True, False))
         if name == "cifar10":  # (N, 32, 32, 3) uint8 numpy -> (N, 1024, 3), row-major scan
@@ -167,13 +195,8 @@ class ImageTask:
         if name == "pmnist":
             perm = torch.randperm(784, generator=torch.Generator().manual_seed(PMNIST_SEED))
             x_train, x_test = x_train[:, perm], x_test[:, perm]
-        split = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        n_val = len(x_train) // 20
-        self.data = {
-            "train": (x_train[split[n_val:]], y_train[split[n_val:]]),
-            "valid": (x_train[split[:n_val]], y_train[split[:n_val]]),
-            "test": (x_test, y_test),
-        }
+        self.data = _image_splits(x_train, y_train, (x_test, y_test))
+        n_val = len(self.data["valid"][0])
         self.n_out = 10
         self.vocab = 256 if as_tokens else None
         self.description = (
@@ -192,12 +215,7 @@ class ImageTask:
     def train_batch(self, step):
         """Sampling without replacement; the epoch's order depends on (seed, epoch) only."""
         x, y = self.data["train"]
-        per_epoch = len(x) // self.batch_size
-        epoch, i = divmod(step, per_epoch)
-        if self._epoch != epoch:
-            self._epoch = epoch
-            self._order = torch.randperm(len(x), generator=_step_generator(self.seed, epoch))
-        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self._epoch_indices(len(x), step)
         return self._batch(x[idx], y[idx])
 
     def eval_batches(self, split, limit=None):
@@ -457,7 +475,7 @@ def load_ntu(data_dir):
     return data
 
 
-class NTUTask:
+class NTUTask(EpochShuffle):
     """NTU RGB+D 60 action recognition from 3D skeletons, `frames` frames per sequence.
 
     Each sequence is cut into `frames` equal segments; training takes a random frame from each
@@ -478,12 +496,10 @@ class NTUTask:
         else:
             train = torch.tensor([int(c) in NTU_CV_TRAIN_CAMERAS for c in d["camera"]])
         train_idx, test_idx = train.nonzero().squeeze(1), (~train).nonzero().squeeze(1)
-        split = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        n_val = len(train_idx) // 20
-        self.index = {"train": train_idx[split[n_val:]], "valid": train_idx[split[:n_val]],
-                      "test": test_idx}
+        train, valid = holdout(len(train_idx))
+        n_val = len(valid)
+        self.index = {"train": train_idx[train], "valid": train_idx[valid], "test": test_idx}
         self.label = d["label"]
-        self._epoch = self._order = None
         self.description = (
             f"ntu ({'cross-subject' if protocol == 'cs' else 'cross-view'}): {frames} frames per "
             f"sequence (random frame per segment in training, middle frame in evaluation), 150 "
@@ -501,12 +517,7 @@ class NTUTask:
 
     def train_batch(self, step):
         idx = self.index["train"]
-        per_epoch = max(len(idx) // self.batch_size, 1)
-        epoch, i = divmod(step, per_epoch)
-        if self._epoch != epoch:
-            self._epoch = epoch
-            self._order = torch.randperm(len(idx), generator=_step_generator(self.seed, epoch))
-        batch = idx[self._order[i * self.batch_size:(i + 1) * self.batch_size]]
+        batch = idx[self._epoch_indices(len(idx), step)]
         return self._batch(batch, _step_generator(self.seed + 1, step))
 
     def eval_batches(self, split, limit=None):
@@ -668,13 +679,10 @@ class StanfordDogsTask(ImageTask):
                              f"16384), got {seq_len}")
         self.name, self.batch_size, self.seed, self.as_tokens = "stanford_dogs", batch_size, seed, \
             as_tokens
-        self.kind, self._epoch, self._order = "classify", None, None
+        self.kind = "classify"
         data = load_stanford_dogs(data_dir, side)
-        (x_train, y_train), test = data["train"], data["test"]
-        split = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        n_val = len(x_train) // 20
-        self.data = {"train": (x_train[split[n_val:]], y_train[split[n_val:]]),
-                     "valid": (x_train[split[:n_val]], y_train[split[:n_val]]), "test": test}
+        self.data = _image_splits(*data["train"], data["test"])
+        n_val, test = len(self.data["valid"][0]), data["test"]
         self.n_in, self.seq_len, self.n_out = 3, seq_len, 120
         self.vocab = 256 if as_tokens else None
         self.description = (
@@ -761,15 +769,12 @@ class DBpediaTask(ImageTask):
 
     def __init__(self, seq_len, batch_size, data_dir, seed, as_tokens=True):
         self.name, self.batch_size, self.seed, self.as_tokens = "dbpedia", batch_size, seed, True
-        self.kind, self._epoch, self._order = "classify", None, None
+        self.kind = "classify"
         raw = load_dbpedia(data_dir)
         (texts, y_train), (test_texts, y_test) = raw["train"], raw["test"]
         x_train, x_test = encode_chars(texts, seq_len), encode_chars(test_texts, seq_len)
-        split = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        n_val = len(x_train) // 20
-        self.data = {"train": (x_train[split[n_val:]], y_train[split[n_val:]]),
-                     "valid": (x_train[split[:n_val]], y_train[split[:n_val]]),
-                     "test": (x_test, y_test)}
+        self.data = _image_splits(x_train, y_train, (x_test, y_test))
+        n_val = len(self.data["valid"][0])
         self.n_in, self.seq_len, self.n_out = 1, seq_len, 14
         self.vocab = len(DBPEDIA_ALPHABET) + 2
         self.description = (
