@@ -324,14 +324,10 @@ QUICK = {  # CPU scale, minutes: smaller batch and decoder, fewer steps, a 4.5-m
     t: dict(batch_size=32, aux_len=200, aux_hidden=128, pretrain_epochs=0.03, steps=2000,
             eval_every=250, eval_size=500, time_budget=3.75, ss_max=0.25, ss_steps=1000)
     for t in TASKS}
-# Table 2 of the paper, test accuracy %, keyed by (task, model, full BP?).
-PAPER = {}
-for _task, _row in {"mnist": (98.3, 11.3, 96.4, 95.4, 98.4, 98.0),
-                    "pmnist": (89.4, 88.8, 92.8, 92.5, 95.2, 92.8),
-                    "cifar10": (58.8, 49.0, 65.9, 64.7, 72.2, 67.6)}.items():
-    for (_model, _full), _v in zip([("lstm", True), ("lstm", False), ("rlstm", False),
-                                    ("plstm", False), ("rlstm", True), ("plstm", True)], _row):
-        PAPER[(_task, _model, _full)] = f"{_v} ({'Full BP' if _full else 'Truncate300'})"
+# Table 2 of the paper (tasks.RLSTM_TABLE2), test accuracy %, keyed by (task, model, full BP?).
+PAPER = {(task, model, full): f"{value} ({'Full BP' if full else 'Truncate300'})"
+         for task, values in tasks.RLSTM_TABLE2.items()
+         for (_, model, full), value in zip(tasks.RLSTM_TABLE2_ROWS, values)}
 
 
 def paper_number(args):
