@@ -1,15 +1,12 @@
 """indrnn.py: the recurrence Function, independence, the constraint, shapes, learning, NTU, CLI."""
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import indrnn
 import tasks
-from conftest import ROOT
+from conftest import run_script, saved_weights
 
 
 def _random_inputs(T=12, B=3, H=5, seed=0):
@@ -150,8 +147,7 @@ def test_resume_continues_exactly(tmp_path):
     resumed = _run(tmp_path / "b", *common, "--steps", "6", "--resume")
     assert straight["metrics"] == resumed["metrics"]
     name = "indrnn-adding-res-indrnn-T12.pt"
-    a = torch.load(tmp_path / "a" / "ckpt" / name, weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "ckpt" / name, weights_only=False)["model"]
+    a, b = (saved_weights(tmp_path / run / "ckpt" / name) for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -229,8 +225,7 @@ def test_ntu_task_splits_and_samples_frames(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "indrnn.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    return run_script("indrnn.py", *args)
 
 
 @pytest.mark.parametrize("quick", [[], ["--quick"]])
@@ -266,4 +261,5 @@ def test_quick_adding_runs_indrnn_and_lstm_side_by_side(tmp_path, capsys):
     assert [r["config"]["model"] for r in records] == ["indrnn", "lstm"]
     assert all(r["config"]["threads"] == 1 and r["steps_done"] == 3 for r in records)
     table = capsys.readouterr().out
-    assert "| indrnn.py | adding | indrnn | 20 |" in table and "| indrnn.py | adding | lstm | 20 |" in table
+    assert "| indrnn.py | adding | indrnn | 20 |" in table
+    assert "| indrnn.py | adding | lstm | 20 |" in table

@@ -3,10 +3,7 @@ grad-checkpoint, the StanfordDogs and DBpedia parsers, the CLI and the benchmark
 import csv
 import json
 import math
-import os
 import struct
-import subprocess
-import sys
 import tarfile
 import warnings
 import zlib
@@ -16,7 +13,7 @@ import torch
 
 import rlstm
 import tasks
-from conftest import ROOT
+from conftest import run_script, saved_weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,8 +272,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path, 
     assert [h["step"] for h in resumed["history"]] == [5, 10, 15, 20]
     assert resumed["metrics"] == full["metrics"]
     name = "rlstm-dbpedia-rlstm-T24-trunc8.pt"
-    a = torch.load(tmp_path / "a" / "ckpt" / name, weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "ckpt" / name, weights_only=False)["model"]
+    a, b = (saved_weights(tmp_path / run / "ckpt" / name) for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -312,8 +308,7 @@ def test_real_mnist_training_step(data_dir):
 # CLI and benchmark
 
 def _cli(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "rlstm.py"), *args],
-                          capture_output=True, text=True, timeout=120)
+    return run_script("rlstm.py", *args)
 
 
 @pytest.mark.parametrize("args,message", [

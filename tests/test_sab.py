@@ -1,16 +1,13 @@
 """sab.py: the sparsifier, gradient flow, equivalences, checkpoints, learning and the CLI."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import sab
 import tasks
-from conftest import ROOT
+from conftest import run_script, saved_weights
 
 
 def test_sparsify_keeps_exactly_k_top_weights_that_sum_to_one():
@@ -124,8 +121,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     resumed = _run(tmp_path / "b", "--steps", "20", "--resume")
     assert resumed["history"][2]["step"] == 15 and len(resumed["history"]) == 4
     assert resumed["metrics"] == full["metrics"]
-    a = torch.load(tmp_path / "a" / "ckpt" / "sab-copy-sab-T4.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "ckpt" / "sab-copy-sab-T4.pt", weights_only=False)["model"]
+    a, b = (saved_weights(tmp_path / run / "ckpt" / "sab-copy-sab-T4.pt") for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -166,8 +162,7 @@ def test_short_copy_run_learns_well_below_the_trivial_baseline(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "sab.py"), *args],
-                          capture_output=True, text=True, timeout=120)
+    return run_script("sab.py", *args)
 
 
 @pytest.mark.parametrize("args,message", [
