@@ -45,18 +45,19 @@ elif [ "$NGPU" -gt 0 ]; then DEVICE_ARGS="--amp"; SLOTS=$NGPU
 else DEVICE_ARGS=""; SLOTS=1; fi
 SKIPPED=0; RUNNING=0; SLOT=0
 
-# run TABLE SCRIPT TASK MODEL ROWTAG "ARGS" "QUICK_ARGS" [CKPT] [SUFFIX]
+# run TABLE SCRIPT TASK MODEL ROWTAG "ARGS" "QUICK_ARGS" [CKPT]
 #   ARGS: the paper settings beyond the script's defaults; QUICK_ARGS: replaces them with --quick;
 #   CKPT=ckpt: add --grad-checkpoint on a GPU (full BPTT on long sequences);
-#   SUFFIX: of the results file (sab.py --eval-only --test-seq-len T writes -test<T>).
 run() {
-    local table=$1 script=$2 task=$3 model=$4 row=$5 args=$6 qargs=$7 ckpt=${8:-} suffix=${9:-}
+    local table=$1 script=$2 task=$3 model=$4 row=$5 args=$6 qargs=$7 ckpt=${8:-}
     [ -n "$ONLY" ] && [ "$ONLY" != "$table" ] && return
-    local seed tag extra file cmd
+    local seed tag extra suffix file cmd
     for seed in $(seq 0 $((SEEDS - 1))); do
         if [ "$QUICK" = 1 ]; then tag="$row-quick-s$seed"; extra="--quick $qargs"
         else tag="$row-s$seed"; extra="$args"
              [ "$ckpt" = ckpt ] && [ "$NGPU" -gt 0 ] && extra="$extra --grad-checkpoint"; fi
+        # sab.py --eval-only --test-seq-len T' names its results file ...-test<T'>.json
+        suffix=$(echo " $extra " | sed -n 's/.* --test-seq-len \([0-9]*\) .*/-test\1/p')
         file="$OUT/${script%.py}-$task-$model-$tag$suffix.json"
         cmd="$PY $script --task $task --model $model --tag $tag --seed $seed --data-dir $DATA"
         cmd="$cmd --out-dir $OUT $DEVICE_ARGS $extra"
@@ -84,7 +85,7 @@ done; done
 barrier
 for T in 200 300 400 2000 5000; do for m in sab lstm attn; do
     run sab-transfer sab.py copy $m T100 "--seq-len 100 --eval-only --test-seq-len $T" \
-        "--seq-len 10 --eval-only --test-seq-len $((T / 10))" "" -test$([ "$QUICK" = 1 ] && echo $((T / 10)) || echo $T)
+        "--seq-len 10 --eval-only --test-seq-len $((T / 10))"
 done; done
 barrier
 for spec in "adding T200" "pmnist T784" "cifar10 T1024" "ptb T100" "text8 T180"; do

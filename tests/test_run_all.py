@@ -37,3 +37,12 @@ def test_bad_arguments_are_refused():
     r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--seeds", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_transfer_runs_are_skipped_by_their_test_length(tmp_path):
+    every = _dry_run("--quick", "--only", "sab-transfer", "--out-dir", str(tmp_path))
+    (tmp_path / "sab-copy-sab-T100-quick-s0-test20.json").write_text("{}")
+    left = _dry_run("--quick", "--only", "sab-transfer", "--out-dir", str(tmp_path))
+    assert len(every) == 15 and len(left) == 14
+    assert not any(" sab.py --task copy --model sab " in f" {c} " and c.endswith(
+        "--test-seq-len 20") for c in left)
