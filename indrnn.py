@@ -648,7 +648,7 @@ def main(argv=None):
     # Report the test metric at the best validation checkpoint (PAPERS.md: "Ours").
     ck = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
-    test = evaluate(model, task, "test", device, amp_dtype)
+    test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)
     val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
     record = dict(
         script="indrnn.py", config=vars(args), task=task.description,

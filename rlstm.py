@@ -601,7 +601,7 @@ def main(argv=None):
     # Test at the best validation checkpoint (PAPERS.md: "Ours").
     ck = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
-    test = evaluate(model, task, "test", device, amp_dtype)
+    test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)
     val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
     record = dict(
         script="rlstm.py", config=vars(args), task=task.description,

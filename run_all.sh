@@ -91,15 +91,15 @@ barrier
 for spec in "adding T200" "pmnist T784" "cifar10 T1024" "ptb T100" "text8 T180"; do
     set -- $spec
     for m in tbptt lstm sab; do
-        run sab-other sab.py $1 $m $2 "" "--steps 100 --time-budget 1" ckpt
+        run sab-other sab.py $1 $m $2 "" "--time-budget 1" ckpt
     done
 done
 barrier
 
 # --- IndRNN (indrnn.py): adding at four lengths, MNIST / pMNIST, PTB, NTU.
-# Quick: the same lengths, 1.5 minutes of training per run.
+# Quick: T/10 (as for SAB copy) and at most 1.5 minutes of training per run.
 for T in 100 500 1000 5000; do for m in indrnn lstm irnn; do
-    run indrnn-adding indrnn.py adding $m T$T "--seq-len $T" "--seq-len $T --time-budget 1.5"
+    run indrnn-adding indrnn.py adding $m T$T "--seq-len $T" "--seq-len $((T / 10)) --time-budget 1.5"
 done; done
 barrier
 for t in mnist pmnist; do for m in indrnn res-indrnn; do
@@ -116,26 +116,26 @@ if has_data "$DATA/ntu/nturgb+d_skeletons" indrnn-ntu "NTU RGB+D needs registrat
 fi
 barrier
 
-# --- r-LSTM (rlstm.py): Table 2, StanfordDogs by length, DBpedia. Quick: 2 minutes per run.
+# --- r-LSTM (rlstm.py): Table 2, StanfordDogs by length, DBpedia. Quick: 1.5 minutes per run.
 for t in mnist pmnist cifar10; do
     T=$([ $t = cifar10 ] && echo 1024 || echo 784)
     for m in lstm rlstm plstm; do
-        run rlstm-table2 rlstm.py $t $m T$T-trunc300 "--bptt 300 --aux-bptt 300" "--time-budget 2"
-        run rlstm-table2 rlstm.py $t $m T$T-full "--bptt 0 --aux-bptt 0" "--bptt 0 --aux-bptt 0 --time-budget 2" ckpt
+        run rlstm-table2 rlstm.py $t $m T$T-trunc300 "--bptt 300 --aux-bptt 300" "--time-budget 1.5"
+        run rlstm-table2 rlstm.py $t $m T$T-full "--bptt 0 --aux-bptt 0" "--bptt 0 --aux-bptt 0 --time-budget 1.5" ckpt
     done
 done
 barrier
 for T in 1024 4096 16384; do
-    run rlstm-dogs rlstm.py stanford_dogs lstm T$T-full "--seq-len $T --bptt 0" "--seq-len $T --bptt 0 --time-budget 2" ckpt
+    run rlstm-dogs rlstm.py stanford_dogs lstm T$T-full "--seq-len $T --bptt 0" "--seq-len $T --bptt 0 --time-budget 1.5" ckpt
     for m in lstm rlstm; do
-        run rlstm-dogs rlstm.py stanford_dogs $m T$T-trunc300 "--seq-len $T" "--seq-len $T --time-budget 2"
+        run rlstm-dogs rlstm.py stanford_dogs $m T$T-trunc300 "--seq-len $T" "--seq-len $T --time-budget 1.5"
     done
 done
 barrier
 if has_data "$DATA/dbpedia" rlstm-dbpedia "put dbpedia_csv.tar.gz there, or run once with network"; then
-    run rlstm-dbpedia rlstm.py dbpedia lstm T1024-full "--bptt 0" "--bptt 0 --time-budget 2" ckpt
+    run rlstm-dbpedia rlstm.py dbpedia lstm T1024-full "--bptt 0" "--bptt 0 --time-budget 1.5" ckpt
     for m in lstm rlstm; do
-        run rlstm-dbpedia rlstm.py dbpedia $m T1024-trunc300 "" "--time-budget 2"
+        run rlstm-dbpedia rlstm.py dbpedia $m T1024-trunc300 "" "--time-budget 1.5"
     done
 fi
 barrier

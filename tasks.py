@@ -222,7 +222,8 @@ class ImageTask(EpochShuffle):
         x, y = self.data[split]
         n = len(x) if limit is None else min(limit, len(x))
         for start in range(0, n, self.batch_size):
-            yield self._batch(x[start:start + self.batch_size], y[start:start + self.batch_size])
+            end = min(start + self.batch_size, n)
+            yield self._batch(x[start:end], y[start:end])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -922,6 +923,9 @@ def common_parser(description, tasks, models):
     a("--eval-every", type=positive_int, help="validate and checkpoint every N steps")
     a("--eval-size", type=positive_int,
       help="validation samples (copy, adding, images) or windows (ptb, text8) per evaluation")
+    a("--test-size", type=positive_int,
+      help="test on the first N samples (windows for ptb, text8) only (default: the whole test "
+           "set; the --quick presets of slow tasks set it, and the results record it)")
     a("--time-budget", type=positive_float, help="stop training after this many minutes")
     a("--seed", type=int, default=0)
     a("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -1201,6 +1205,9 @@ def paper_tables(records):
                 wall = sum(r["wall_seconds"] for r in group) / len(group) / 60
                 lengths = sorted({str(r["config"].get("seq_len")) for r in group})
                 scale = f"CPU-scale (--quick, T={'/'.join(lengths)})" if quick else "paper settings"
+                test_sizes = sorted({r["config"].get("test_size") or 0 for r in group})
+                if test_sizes != [0]:  # --test-size: not the whole test set
+                    scale += f", test on first {'/'.join(str(n or 'all') for n in test_sizes)}"
                 out.append(f"| {row['label']} | {row['paper']} | {ours} | {len(group)} | {scale} | "
                            f"{', '.join(sorted({r['hardware'] for r in group}))} | "
                            f"{wall:.1f} min |")

@@ -215,3 +215,18 @@ def test_evaluation_path_equals_the_training_path(attention):
     with torch.no_grad():
         out2, summaries2 = model(x)
     assert torch.equal(out.detach(), out2) and torch.equal(summaries.detach(), summaries2)
+
+
+def test_test_size_limits_the_test_set(tmp_path, monkeypatch, data_dir):
+    seen = {}
+    real = tasks.ImageTask.eval_batches
+
+    def counting(self, split, limit=None):
+        for x, y in real(self, split, limit):
+            seen[split] = seen.get(split, 0) + len(y)
+            yield x, y
+    monkeypatch.setattr(tasks.ImageTask, "eval_batches", counting)
+    rec = sab.main(["--task", "pmnist", "--data-dir", data_dir, "--out-dir", str(tmp_path),
+                    "--steps", "1", "--batch-size", "4", "--hidden-size", "8", "--eval-size", "4",
+                    "--test-size", "6"])
+    assert seen["test"] == 6 and rec["config"]["test_size"] == 6

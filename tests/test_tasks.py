@@ -193,11 +193,11 @@ def test_text8_download_is_unzipped_and_checked(tmp_path, monkeypatch):
 
 
 def _record(script, task, model, tag, metric, value, quick=False, seed=0, seq_len=100,
-            test_seq_len=None):
+            test_seq_len=None, test_size=None):
     return {"script": script, "metrics": {metric: value}, "wall_seconds": 120.0,
             "hardware": "CPU X", "config": {"task": task, "model": model, "quick": quick,
                                             "seed": seed, "tag": tag, "seq_len": seq_len,
-                                            "test_seq_len": test_seq_len}}
+                                            "test_seq_len": test_seq_len, "test_size": test_size}}
 
 
 def test_paper_tables_put_each_result_in_its_row_and_flag_missing_rows():
@@ -211,6 +211,8 @@ def test_paper_tables_put_each_result_in_its_row_and_flag_missing_rows():
         _record("sab.py", "copy", "lstm", "T100-quick-s0", "test_acc", 9.0, quick=True,
                 seq_len=10, test_seq_len=20),
         _record("indrnn.py", "adding", "lstm", "T1000-s0", "test_mse", 0.17),
+        _record("sab.py", "pmnist", "sab", "T784-quick-s0", "test_acc", 12.0, quick=True,
+                seq_len=784, test_size=1000),
     ]
     text = tasks.paper_tables(records)
     lines = text.splitlines()
@@ -226,6 +228,8 @@ def test_paper_tables_put_each_result_in_its_row_and_flag_missing_rows():
                             "9.00 | 1 | CPU-scale (--quick, T=10) |") for l in lines)
     assert "| lstm, T=1000 | fails | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
     assert "| lstm, T=100 | converges | no result yet | 0 | | | |" in lines
+    assert ("| SAB (k_trunc 5, k_top 5), pmnist | UNCONFIRMED | 12.00 | 1 | CPU-scale (--quick, "
+            "T=784), test on first 1000 | CPU X | 2.0 min |") in lines
     for name in tasks.PAPER_TABLES:
         assert f"`bash run_all.sh --only {name}`" in text
 
