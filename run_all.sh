@@ -6,6 +6,8 @@
 #   bash run_all.sh --quick         # the same pipeline at CPU scale (the scripts' --quick presets)
 #   bash run_all.sh --only indrnn-adding --dry-run   # print the commands of one table
 #   bash run_all.sh --seeds 3       # seeds 0, 1, 2 of every run (mean and std in TABLES.md)
+#   bash run_all.sh --estimate      # time every run for $EST_MINUTES (default 0.5) minutes at the
+#                                   # papers' settings; TABLES.md then estimates hours per table
 #
 # A run whose results file exists is skipped, so an interrupted sweep resumes where it stopped.
 # Every run is tagged `<row>[-quick]-s<seed>`; tasks.py matches the tag to its table row.
@@ -14,16 +16,18 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; ONLY=""; DRY=0; SEEDS=1
+QUICK=0; ESTIMATE=0; ONLY=""; DRY=0; SEEDS=1; EST_MIN=${EST_MINUTES:-0.5}
 DATA=${DATA_DIR:-./data}; OUT=${OUT_DIR:-./results}; PY=${PYTHON:-python}
 usage() {
-    echo "usage: bash run_all.sh [--quick] [--only TABLE] [--dry-run] [--seeds N] [--data-dir DIR]" \
+    echo "usage: bash run_all.sh [--quick | --estimate] [--only TABLE] [--dry-run] [--seeds N]" \
+         "[--data-dir DIR]" \
          "[--out-dir DIR]" >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
+        --estimate) ESTIMATE=1 ;;
         --only) [ $# -ge 2 ] || usage; ONLY=$2; shift ;;
         --dry-run) DRY=1 ;;
         --data-dir) [ $# -ge 2 ] || usage; DATA=$2; shift ;;
@@ -33,6 +37,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+[ "$QUICK$ESTIMATE" = 11 ] && { echo "error: --quick and --estimate exclude each other" >&2; exit 2; }
+[ "$ESTIMATE" = 1 ] && SEEDS=1
 TABLES="sab-copy sab-transfer sab-other indrnn-adding indrnn-mnist indrnn-ptb indrnn-ntu
         rlstm-table2 rlstm-dogs rlstm-dbpedia"
 if [ -n "$ONLY" ] && ! echo $TABLES | tr ' ' '\n' | grep -qx "$ONLY"; then
@@ -56,6 +62,10 @@ run() {
         if [ "$QUICK" = 1 ]; then tag="$row-quick-s$seed"; extra="--quick $qargs"
         else tag="$row-s$seed"; extra="$args"
              [ "$ckpt" = ckpt ] && [ "$NGPU" -gt 0 ] && extra="$extra --grad-checkpoint"; fi
+        if [ "$ESTIMATE" = 1 ]; then  # a short timed run; evaluation-only runs need no estimate
+            case " $args " in *" --eval-only "*) return ;; esac
+            tag="$row-est-s$seed"; extra="$extra --time-budget $EST_MIN --eval-size 1 --test-size 1"
+        fi
         # sab.py --eval-only --test-seq-len T' names its results file ...-test<T'>.json
         suffix=$(echo " $extra " | sed -n 's/.* --test-seq-len \([0-9]*\) .*/-test\1/p')
         file="$OUT/${script%.py}-$task-$model-$tag$suffix.json"
@@ -97,9 +107,10 @@ done
 barrier
 
 # --- IndRNN (indrnn.py): adding at four lengths, MNIST / pMNIST, PTB, NTU.
-# Quick: T/10 (as for SAB copy) and at most 1.5 minutes of training per run.
+# Quick: T/10 (as for SAB copy), 20,000 steps or 1.5 minutes of training per run.
 for T in 100 500 1000 5000; do for m in indrnn lstm irnn; do
-    run indrnn-adding indrnn.py adding $m T$T "--seq-len $T" "--seq-len $((T / 10)) --time-budget 1.5"
+    run indrnn-adding indrnn.py adding $m T$T "--seq-len $T" \
+        "--seq-len $((T / 10)) --steps 20000 --time-budget 1.5"
 done; done
 barrier
 for t in mnist pmnist; do for m in indrnn res-indrnn; do

@@ -1167,8 +1167,14 @@ PAPER_TABLES = {**_sab_tables(), **_indrnn_tables(), **_rlstm_tables()}
 
 
 def row_tag(tag):
-    """The row part of a run tag: `T100-quick-s2` -> `T100`."""
-    return re.sub(r"(-quick)?(-s\d+)?$", "", tag or "")
+    """The row part of a run tag: `T100-quick-s2` -> `T100`, `T100-est-s0` -> `T100`."""
+    return re.sub(r"(-quick|-est)?(-s\d+)?$", "", tag or "")
+
+
+def is_estimate(record):
+    """True for a timing run of `run_all.sh --estimate` (tag `<row>-est-s<seed>`): its metrics
+    come from a few minutes of training and never enter the results tables."""
+    return re.search(r"-est(-s\d+)?$", record["config"].get("tag") or "") is not None
 
 
 def _matches(record, row):
@@ -1179,10 +1185,35 @@ def _matches(record, row):
             and ratio == row["test_ratio"])
 
 
-def paper_tables(records):
+def failed_runs(folder):
+    """{run name: its error} for every log in `<folder>/logs` without a results file beside it:
+    the last `error: ...` line of the log, up to its first " (" (the details stay in the log)."""
+    logs = os.path.join(folder, "logs")
+    failures = {}
+    for f in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+        name = f[:-len(".log")]
+        if not f.endswith(".log") or os.path.exists(os.path.join(folder, name + ".json")):
+            continue
+        lines = open(os.path.join(logs, f), errors="replace").read().replace("\r", "\n").split("\n")
+        errors = [l for l in lines if l.startswith("error:")] or [l for l in lines if l.strip()]
+        failures[name] = errors[-1].split(" (")[0] if errors else "empty log"
+    return failures
+
+
+def _failure(row, failures):
+    """The error of a failed run of `row` (not a transfer row) among `failures`, or None."""
+    pattern = (rf"{re.escape(row['script'][:-3])}-{re.escape(row['task'])}-"
+               rf"{re.escape(row['model'])}-{re.escape(row['tag'])}(-quick)?-s\d+")
+    hits = [m for n, m in failures.items() if re.fullmatch(pattern, n) and not row["test_ratio"]]
+    return hits[0] if hits else None
+
+
+def paper_tables(records, failures=None):
     """Markdown: one table per entry of PAPER_TABLES, one line per row and scale (paper settings
     or CPU-scale --quick), the paper's number beside ours (mean ± std over seeds), the number of
-    seeds, device and mean wall time; rows without a result say so."""
+    seeds, device and mean wall time; rows without a result say so, with the error of their
+    failed run if `failures` ({run name: error}, see failed_runs) has one."""
+    records = [r for r in records if not is_estimate(r)]
     out = []
     for name, (title, rows) in PAPER_TABLES.items():
         out += [f"## {title}", "", f"`bash run_all.sh --only {name}`", "",
@@ -1191,7 +1222,9 @@ def paper_tables(records):
         for row in rows:
             runs = [r for r in records if _matches(r, row)]
             if not runs:
-                out.append(f"| {row['label']} | {row['paper']} | no result yet | 0 | | | |")
+                error = _failure(row, failures or {})
+                status = f"no result yet: the run failed ({error})" if error else "no result yet"
+                out.append(f"| {row['label']} | {row['paper']} | {status} | 0 | | | |")
                 continue
             for quick in sorted({bool(r["config"].get("quick")) for r in runs}):
                 group = [r for r in runs if bool(r["config"].get("quick")) == quick]
@@ -1215,6 +1248,40 @@ def paper_tables(records):
     return "\n".join(out)
 
 
+def time_estimates(records):
+    """Markdown: the hours each paper table takes at the papers' settings (one seed) on the device
+    of the `run_all.sh --estimate` runs among `records`, or "" if there are none.
+
+    Each timing run trains for a short time budget; its hours = wall_seconds / steps_done x the
+    configured number of steps, summed over the table's rows. Evaluation time is not counted."""
+    est = [r for r in records if is_estimate(r)]
+    if not est:
+        return ""
+    out = ["## Estimated hours per table at the papers' settings", "",
+           "`bash run_all.sh --estimate`: every run trains for a short time budget with the "
+           "papers' settings; its hours = (wall seconds / steps done) x the paper's number of "
+           "steps, summed over the table's rows (one seed; evaluation not counted).", "",
+           "| table | rows timed | estimated hours | longest row | device |",
+           "|---|---|---|---|---|"]
+    for name, (title, rows) in PAPER_TABLES.items():
+        hours = {}
+        for row in rows:
+            for r in (r for r in est if _matches(r, row)):
+                hours[row["label"]] = (r["wall_seconds"] / max(r["steps_done"], 1)
+                                       * r["config"]["steps"] / 3600, r["hardware"])
+        if all(row["test_ratio"] for row in rows):
+            out.append(f"| {name} | evaluation only | | | |")
+        elif not hours:
+            out.append(f"| {name} | 0 of {len(rows)} | not timed | | |")
+        else:
+            longest = max(hours, key=lambda k: hours[k][0])
+            out.append(f"| {name} | {len(hours)} of {len(rows)} | "
+                       f"{sum(h for h, _ in hours.values()):,.1f} | {longest} "
+                       f"({hours[longest][0]:,.1f} h) | "
+                       f"{', '.join(sorted({d for _, d in hours.values()}))} |")
+    return "\n".join(out) + "\n"
+
+
 def _main():
     p = argparse.ArgumentParser(description="Print the results table of finished runs, or with a "
                                 "folder write <folder>/TABLES.md, the papers' tables.")
@@ -1227,7 +1294,9 @@ def _main():
                    if f.endswith(".json")]
         path = os.path.join(folder, "TABLES.md")
         with open(path, "w") as f:
-            f.write(f"# Headline tables ({len(records)} runs)\n\n" + paper_tables(records))
+            f.write(f"# Headline tables ({len(records)} runs)\n\n"
+                    + paper_tables(records, failed_runs(folder))
+                    + time_estimates(records))
         print(f"wrote {path}")
         return
     records = [json.load(open(f)) for f in sorted(args.files)]

@@ -46,3 +46,15 @@ def test_transfer_runs_are_skipped_by_their_test_length(tmp_path):
     assert len(every) == 15 and len(left) == 14
     assert not any(" sab.py --task copy --model sab " in f" {c} " and c.endswith(
         "--test-seq-len 20") for c in left)
+
+
+def test_estimate_times_every_training_run_at_paper_settings(tmp_path):
+    paper = _dry_run("--out-dir", str(tmp_path))
+    est = _dry_run("--estimate", "--seeds", "3", "--out-dir", str(tmp_path))
+    training = [c for c in paper if "--eval-only" not in c]
+    assert len(est) == len(training) and len(training) < len(paper)  # no transfer runs
+    for p, e in zip(training, est):  # the paper's command, one seed, a short budget, tiny eval
+        assert e == p.replace("-s0 ", "-est-s0 ") + " --time-budget 0.5 --eval-size 1 --test-size 1"
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--estimate", "--quick"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "exclude" in r.stderr

@@ -234,11 +234,40 @@ def test_paper_tables_put_each_result_in_its_row_and_flag_missing_rows():
         assert f"`bash run_all.sh --only {name}`" in text
 
 
+def test_estimate_runs_stay_out_of_the_results_and_give_hours_per_table():
+    def timed(model, tag, seconds, steps_done, steps):
+        rec = _record("indrnn.py", "adding", model, tag, "test_mse", 0.1)
+        rec.update(wall_seconds=seconds, steps_done=steps_done)
+        rec["config"]["steps"] = steps
+        return rec
+    records = [timed("indrnn", "T100-est-s0", 30.0, 100, 60_000),    # 0.3 s/step -> 5 h
+               timed("lstm", "T5000-est-s0", 36.0, 10, 1_000),       # 3.6 s/step -> 1 h
+               _record("indrnn.py", "adding", "lstm", "T1000-s0", "test_mse", 0.17)]
+    assert tasks.is_estimate(records[0]) and not tasks.is_estimate(records[2])
+    lines = tasks.paper_tables(records).splitlines()
+    assert "| indrnn, T=100 | converges | no result yet | 0 | | | |" in lines
+    assert "| lstm, T=1000 | fails | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
+    est = tasks.time_estimates(records).splitlines()
+    assert "| indrnn-adding | 2 of 12 | 6.0 | indrnn, T=100 (5.0 h) | CPU X |" in est
+    assert "| sab-transfer | evaluation only | | | |" in est
+    assert "| indrnn-mnist | 0 of 4 | not timed | | |" in est
+    assert tasks.time_estimates(records[2:]) == ""
+
+
 def test_table_command_writes_tables_md(tmp_path):
     rec = _record("indrnn.py", "mnist", "indrnn", "T784-s0", "test_acc", 97.5)
     (tmp_path / "indrnn-mnist-indrnn-T784-s0.json").write_text(json.dumps(rec))
+    (tmp_path / "logs").mkdir()  # a run that finished, and one that failed (no results file)
+    (tmp_path / "logs" / "indrnn-mnist-indrnn-T784-s0.log").write_text("done\n")
+    (tmp_path / "logs" / "indrnn-pmnist-res-indrnn-T784-quick-s0.log").write_text(
+        "== header\nerror: MNIST is missing from x (no network)\n")
+    assert tasks.failed_runs(str(tmp_path)) == {
+        "indrnn-pmnist-res-indrnn-T784-quick-s0": "error: MNIST is missing from x"}
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tasks.py"), "table", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "TABLES.md").read_text()
     assert "| indrnn, mnist | 99.0 | 97.50 | 1 | paper settings | CPU X | 2.0 min |" in text
+    assert ("| res-indrnn, pmnist | 97.02 (12 layers) | no result yet: the run failed (error: MNIST "
+            "is missing from x) | 0 | | | |") in text
+    assert "| indrnn, pmnist | 96.0 | no result yet | 0 | | | |" in text
