@@ -3,14 +3,15 @@
 #
 #   bash run_all.sh                 # paper settings; on a GPU with --amp (and --grad-checkpoint
 #                                   # for full-BPTT runs on long sequences)
-#   bash run_all.sh --quick         # the same pipeline at CPU scale (the scripts' --quick presets)
+#   bash run_all.sh --quick         # the same pipeline at CPU scale (the scripts' --quick presets;
+#                                   # about 40 minutes on 2 cores)
 #   bash run_all.sh --only indrnn-adding --dry-run   # print the commands of one table
 #   bash run_all.sh --seeds 3       # seeds 0, 1, 2 of every run (mean and std in TABLES.md)
 #   bash run_all.sh --estimate      # time every run for $EST_MINUTES (default 0.5) minutes at the
 #                                   # papers' settings; TABLES.md then estimates hours per table
 #
 # A run whose results file exists is skipped, so an interrupted sweep resumes where it stopped.
-# Every run is tagged `<row>[-quick]-s<seed>`; tasks.py matches the tag to its table row.
+# Every run is tagged `<row>[-quick|-est]-s<seed>`; tasks.py matches the tag to its table row.
 # Runs go in parallel: one per GPU with several GPUs, one per CPU core (one thread each) with
 # --quick; the tables run one after another. Each run's output goes to $OUT/logs/.
 set -uo pipefail
@@ -20,8 +21,7 @@ QUICK=0; ESTIMATE=0; ONLY=""; DRY=0; SEEDS=1; EST_MIN=${EST_MINUTES:-0.5}
 DATA=${DATA_DIR:-./data}; OUT=${OUT_DIR:-./results}; PY=${PYTHON:-python}
 usage() {
     echo "usage: bash run_all.sh [--quick | --estimate] [--only TABLE] [--dry-run] [--seeds N]" \
-         "[--data-dir DIR]" \
-         "[--out-dir DIR]" >&2
+         "[--data-dir DIR] [--out-dir DIR]" >&2
     exit 2
 }
 while [ $# -gt 0 ]; do

@@ -1257,7 +1257,7 @@ def time_estimates(records):
     est = [r for r in records if is_estimate(r)]
     if not est:
         return ""
-    out = ["## Estimated hours per table at the papers' settings", "",
+    out = ["", "## Estimated hours per table at the papers' settings", "",
            "`bash run_all.sh --estimate`: every run trains for a short time budget with the "
            "papers' settings; its hours = (wall seconds / steps done) x the paper's number of "
            "steps, summed over the table's rows (one seed; evaluation not counted).", "",
