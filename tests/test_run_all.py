@@ -58,3 +58,31 @@ def test_estimate_times_every_training_run_at_paper_settings(tmp_path):
     r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--estimate", "--quick"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "exclude" in r.stderr
+
+
+def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
+    """With two (fake) GPUs visible: --amp everywhere, --grad-checkpoint on the full-BPTT runs
+    marked for it, and runs spread over CUDA_VISIBLE_DEVICES 0 and 1 (a fake python records them)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: H100'\necho 'GPU 1: H100'\n")
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES $*" >> {tmp_path}/calls\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", "--out-dir",
+                        str(tmp_path / "r")], capture_output=True, text=True, env=env)
+    cmds = [l for l in r.stdout.splitlines() if l.startswith("python ")]
+    assert cmds and all(" --amp" in c for c in cmds)
+    ckpt = [c for c in cmds if "--grad-checkpoint" in c]
+    assert any(" rlstm.py " in c and "-full-s0" in c for c in ckpt)
+    assert not any(" rlstm.py " in c and "-trunc300-s0" in c for c in ckpt)
+    assert not any("--task copy" in c for c in ckpt)
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--only", "indrnn-mnist",
+                        "--out-dir", str(tmp_path / "r")], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    runs = [c for c in calls if "indrnn.py" in c]
+    assert len(runs) == 4 and all("--amp --grad-checkpoint" in c for c in runs)
+    assert sorted(c.split()[0] for c in runs) == ["0", "0", "1", "1"]
+    assert calls[-1].split()[-2:] == ["table", str(tmp_path / "r")]  # then the tables
