@@ -1166,15 +1166,18 @@ def _rlstm_tables():
 PAPER_TABLES = {**_sab_tables(), **_indrnn_tables(), **_rlstm_tables()}
 
 
+_TAG_SUFFIX = re.compile(r"(-quick|-est)?(-s\d+)?$")  # run_all.sh tags: <row>[-quick|-est]-s<seed>
+
+
 def row_tag(tag):
     """The row part of a run tag: `T100-quick-s2` -> `T100`, `T100-est-s0` -> `T100`."""
-    return re.sub(r"(-quick|-est)?(-s\d+)?$", "", tag or "")
+    return _TAG_SUFFIX.sub("", tag or "")
 
 
 def is_estimate(record):
     """True for a timing run of `run_all.sh --estimate` (tag `<row>-est-s<seed>`): its metrics
     come from a few minutes of training and never enter the results tables."""
-    return re.search(r"-est(-s\d+)?$", record["config"].get("tag") or "") is not None
+    return _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1) == "-est"
 
 
 def _matches(record, row):
@@ -1202,10 +1205,11 @@ def failed_runs(folder):
 
 def _failure(row, failures):
     """The error of a failed run of `row` (not a transfer row) among `failures`, or None."""
+    if row["test_ratio"]:
+        return None
     pattern = (rf"{re.escape(row['script'][:-3])}-{re.escape(row['task'])}-"
                rf"{re.escape(row['model'])}-{re.escape(row['tag'])}(-quick)?-s\d+")
-    hits = [m for n, m in failures.items() if re.fullmatch(pattern, n) and not row["test_ratio"]]
-    return hits[0] if hits else None
+    return next((m for n, m in failures.items() if re.fullmatch(pattern, n)), None)
 
 
 def paper_tables(records, failures=None):
