@@ -353,7 +353,8 @@ def detach_state(state):
 
 
 # ----------------------------------------------------------------------------------------------
-# Configuration: the papers' settings (../shared/PAPERS.md); paper-silent values are marked.
+# Configuration: the papers' settings (CVPR 2018 section 4, Deep IndRNN section 5); paper-silent
+# values are marked.
 
 MODELS = ["indrnn", "res-indrnn", "lstm", "irnn"]
 TASKS = ["adding", "mnist", "pmnist", "ptb", "ntu"]
@@ -645,7 +646,7 @@ def main(argv=None):
             break
     bar.close()
 
-    # Report the test metric at the best validation checkpoint (PAPERS.md: "Ours").
+    # Report the test metric at the best validation checkpoint.
     ck = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
     test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)

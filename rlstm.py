@@ -598,7 +598,7 @@ def main(argv=None):
             break
     bar.close()
 
-    # Test at the best validation checkpoint (PAPERS.md: "Ours").
+    # Test at the best validation checkpoint.
     ck = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
     test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)

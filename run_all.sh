@@ -9,18 +9,23 @@
 #   bash run_all.sh --seeds 3       # seeds 0, 1, 2 of every run (mean and std in TABLES.md)
 #   bash run_all.sh --estimate      # time every run for $EST_MINUTES (default 0.5) minutes at the
 #                                   # papers' settings; TABLES.md then estimates hours per table
+#   bash run_all.sh --cpu           # SAB's copy T=100 rows (Table 1) at the paper's settings on
+#                                   # CPU, $CPU_MINUTES (default 150) minutes of one thread per run,
+#                                   # SAB with seeds 0 and 1, then their Table 5 transfer rows
 #
-# A run whose results file exists is skipped, so an interrupted sweep resumes where it stopped.
-# Every run is tagged `<row>[-quick|-est]-s<seed>`; tasks.py matches the tag to its table row.
+# A run whose results file exists is skipped, and a run with a checkpoint but no results file is
+# continued with --resume, so an interrupted sweep resumes where it stopped.
+# Every run is tagged `<row>[-quick|-est|-cpu]-s<seed>`; tasks.py matches the tag to its row.
 # Runs go in parallel: one per GPU with several GPUs, one per CPU core (one thread each) with
 # --quick; the tables run one after another. Each run's output goes to $OUT/logs/.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; ESTIMATE=0; ONLY=""; DRY=0; SEEDS=1; EST_MIN=${EST_MINUTES:-0.5}
+QUICK=0; ESTIMATE=0; CPU=0; ONLY=""; DRY=0; SEEDS=""; EST_MIN=${EST_MINUTES:-0.5}
+CPU_MIN=${CPU_MINUTES:-150}
 DATA=${DATA_DIR:-./data}; OUT=${OUT_DIR:-./results}; PY=${PYTHON:-python}
 usage() {
-    echo "usage: bash run_all.sh [--quick | --estimate] [--only TABLE] [--dry-run] [--seeds N]" \
+    echo "usage: bash run_all.sh [--quick | --estimate | --cpu] [--only TABLE] [--dry-run] [--seeds N]" \
          "[--data-dir DIR] [--out-dir DIR]" >&2
     exit 2
 }
@@ -28,6 +33,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --estimate) ESTIMATE=1 ;;
+        --cpu) CPU=1 ;;
         --only) [ $# -ge 2 ] || usage; ONLY=$2; shift ;;
         --dry-run) DRY=1 ;;
         --data-dir) [ $# -ge 2 ] || usage; DATA=$2; shift ;;
@@ -37,7 +43,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ "$QUICK$ESTIMATE" = 11 ] && { echo "error: --quick and --estimate exclude each other" >&2; exit 2; }
+[ $((QUICK + ESTIMATE + CPU)) -gt 1 ] && { echo "error: --quick, --estimate and --cpu exclude each other" >&2; exit 2; }
 [ "$ESTIMATE" = 1 ] && SEEDS=1
 TABLES="sab-copy sab-transfer sab-other indrnn-adding indrnn-mnist indrnn-ptb indrnn-ntu
         rlstm-table2 rlstm-dogs rlstm-dbpedia"
@@ -46,20 +52,27 @@ if [ -n "$ONLY" ] && ! echo $TABLES | tr ' ' '\n' | grep -qx "$ONLY"; then
 fi
 
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c GPU || true)
-if [ "$QUICK" = 1 ]; then DEVICE_ARGS="--device cpu --threads 1"; SLOTS=$(nproc)
+if [ "$QUICK" = 1 ] || [ "$CPU" = 1 ]; then DEVICE_ARGS="--device cpu --threads 1"; SLOTS=$(nproc)
 elif [ "$NGPU" -gt 0 ]; then DEVICE_ARGS="--amp"; SLOTS=$NGPU
 else DEVICE_ARGS=""; SLOTS=1; fi
 SKIPPED=0; RUNNING=0; SLOT=0
 
-# run TABLE SCRIPT TASK MODEL ROWTAG "ARGS" "QUICK_ARGS" [CKPT]
+# run TABLE SCRIPT TASK MODEL ROWTAG "ARGS" "QUICK_ARGS" [CKPT] [SEEDS]
 #   ARGS: the paper settings beyond the script's defaults; QUICK_ARGS: replaces them with --quick;
-#   CKPT=ckpt: add --grad-checkpoint on a GPU (full BPTT on long sequences);
+#   CKPT=ckpt: add --grad-checkpoint on a GPU (full BPTT on long sequences); SEEDS: how many
+#   seeds this row runs unless --seeds is given (default 1).
 run() {
     local table=$1 script=$2 task=$3 model=$4 row=$5 args=$6 qargs=$7 ckpt=${8:-}
     [ -n "$ONLY" ] && [ "$ONLY" != "$table" ] && return
+    if [ "$CPU" = 1 ]; then  # the CPU tier: SAB's copy T=100 rows and their transfer only
+        case "$table:$row" in sab-copy:T100|sab-transfer:T100) ;; *) return ;; esac
+    fi
     local seed tag extra suffix file cmd
-    for seed in $(seq 0 $((SEEDS - 1))); do
+    for seed in $(seq 0 $((${SEEDS:-${9:-1}} - 1))); do
         if [ "$QUICK" = 1 ]; then tag="$row-quick-s$seed"; extra="--quick $qargs"
+        elif [ "$CPU" = 1 ]; then tag="$row-cpu-s$seed"; extra="$args"
+             # training runs: the time budget is the limit (the step count is not reached)
+             case " $args " in *" --eval-only "*) ;; *) extra="$extra --steps 10000000 --time-budget $CPU_MIN" ;; esac
         else tag="$row-s$seed"; extra="$args"
              [ "$ckpt" = ckpt ] && [ "$NGPU" -gt 0 ] && extra="$extra --grad-checkpoint"; fi
         if [ "$ESTIMATE" = 1 ]; then  # a short timed run; evaluation-only runs need no estimate
@@ -72,6 +85,8 @@ run() {
         cmd="$PY $script --task $task --model $model --tag $tag --seed $seed --data-dir $DATA"
         cmd="$cmd --out-dir $OUT $DEVICE_ARGS $extra"
         if [ -f "$file" ]; then SKIPPED=$((SKIPPED + 1)); continue; fi
+        case " $extra " in *" --eval-only "*) ;; *)  # continue a run that was interrupted
+            [ -f "$OUT/ckpt/${script%.py}-$task-$model-$tag.pt" ] && cmd="$cmd --resume" ;; esac
         if [ "$DRY" = 1 ]; then echo "$cmd"; continue; fi
         local log="$OUT/logs/$(basename "$file" .json).log"
         echo "== $(date -u +%FT%TZ) [$table] $cmd  (log: $log)"
@@ -84,18 +99,21 @@ run() {
 barrier() { wait; RUNNING=0; }  # a table's runs finish before the next table (transfer needs them)
 has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing
     [ -n "$ONLY" ] && [ "$ONLY" != "$2" ] && return 1
+    [ "$CPU" = 1 ] && return 1
     [ -e "$1" ] || { echo "== skipping $2: no data at $1 ($3)"; return 1; }
 }
 mkdir -p "$OUT/logs"; rm -f "$OUT/failed.txt"
 
 # --- SAB (sab.py): Table 1 copy, Table 5 transfer, the other tasks. Quick: T/10, 1500 steps.
+# SAB runs two seeds, the baselines one (unless --seeds).
 for T in 100 200 300; do for m in lstm tbptt attn sab; do
-    run sab-copy sab.py copy $m T$T "--seq-len $T" "--seq-len $((T / 10)) --steps 1500"
+    run sab-copy sab.py copy $m T$T "--seq-len $T" "--seq-len $((T / 10)) --steps 1500" "" \
+        $([ $m = sab ] && echo 2 || echo 1)
 done; done
 barrier
 for T in 200 300 400 2000 5000; do for m in sab lstm attn; do
     run sab-transfer sab.py copy $m T100 "--seq-len 100 --eval-only --test-seq-len $T" \
-        "--seq-len 10 --eval-only --test-seq-len $((T / 10))"
+        "--seq-len 10 --eval-only --test-seq-len $((T / 10))" "" $([ $m = sab ] && echo 2 || echo 1)
 done; done
 barrier
 for spec in "adding T200" "pmnist T784" "cifar10 T1024" "ptb T100" "text8 T180"; do

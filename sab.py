@@ -1,6 +1,7 @@
 """Sparse Attentive Backtracking (Ke et al., NeurIPS 2018, arXiv 1809.03702), one file.
 
-    python sab.py --task copy --quick              # CPU, minutes: SAB learns copy T=10
+    python sab.py --task copy --quick              # CPU, about 5 minutes: SAB learns copy T=10
+                                                   # (results over 10 runs: docs/sab.md)
     python sab.py --task copy --model tbptt        # the paper's baseline, T=100
     python sab.py --task copy --eval-only --test-seq-len 400   # Table 5 transfer test
     python sab.py --benchmark                      # speed and memory against nn.LSTM
@@ -66,9 +67,18 @@ class SAB(nn.Module):
     not, so the gradient reaches a past state only through the attention connections that
     selected it, and from there through that state's own local window ("sparse replay").
 
+    Sparse replay is implemented so that memory stays LSTM-sized: every memory is scored without
+    autograd (a `MemoryBank` keeps values and keys outside the graph), then only the k_top+1 best
+    (the k_top kept and the one subtracted) are read into the graph and scored again there; only
+    those scores ever receive gradient from the sparsifier. Gradients equal those of the plain
+    dense implementation (every score in the graph; tested in float64).
+
     Special cases: k_top = 0 is an LSTM with truncated BPTT; k_top = 0 and k_trunc = 0 is a
     plain LSTM with full BPTT (numerically equal to nn.LSTM with the same weights);
-    attention="dense" replaces the sparsifier by a softmax over every memory.
+    attention="dense" replaces the sparsifier by a softmax over every memory, all in the graph
+    ("LSTM + full self-attention", the paper's baseline; its memory grows as O(T^2 / k_att)).
+
+    Copy with it: `sparsify`, `MemoryBank`, `_Write`, `_Read` (torch imports only).
 
     Args:
         input_size: features D of the input.
@@ -77,9 +87,15 @@ class SAB(nn.Module):
         k_att: a memory is written every k_att steps (at t = k_att-1, 2*k_att-1, ...).
         k_trunc: truncation length of the local BPTT in steps (0: full BPTT).
         attention: "sparse" (SAB) or "dense" (softmax over all memories).
-        att_size: hidden units of the scoring network (default H // 2).
+        att_size: hidden units A of the scoring network (default H // 2).
+        h0_memory: if True, the memory starts with the initial state h0 (zeros unless given), as
+            in the authors' release; attending to a zero memory adds nothing to h(t).
         checkpoint_every: if > 0 and gradients are on, recompute the forward pass in segments
             of this many steps during backward (torch.utils.checkpoint); same gradients.
+    Attributes:
+        watch: None, or a callable (t, weights (B, K), index (B, K), n_memories) called at
+            every attention read, for diagnostics; weights are the attention a_i (rows sum to 1),
+            index says which memory (0 = the oldest) each belongs to.
     Inputs: x, state
         x: (T, B, D).
         state: optional (h0, c0), each (B, H); zeros if None.
@@ -91,7 +107,7 @@ class SAB(nn.Module):
     """
 
     def __init__(self, input_size, hidden_size, k_top=5, k_att=2, k_trunc=5,
-                 attention="sparse", att_size=None, checkpoint_every=0):
+                 attention="sparse", att_size=None, h0_memory=False, checkpoint_every=0):
         super().__init__()
         if attention not in ("sparse", "dense"):
             raise ValueError(f"attention must be 'sparse' or 'dense', got {attention!r}")
@@ -100,7 +116,7 @@ class SAB(nn.Module):
                              f"{k_trunc}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.k_top, self.k_att, self.k_trunc, self.attention = k_top, k_att, k_trunc, attention
-        self.checkpoint_every = checkpoint_every
+        self.h0_memory, self.checkpoint_every, self.watch = h0_memory, checkpoint_every, None
         att_size = att_size or max(hidden_size // 2, 1)
         self.cell = nn.LSTMCell(input_size, hidden_size)
         self.query = nn.Linear(hidden_size, att_size)             # W_q h^(t) + b
@@ -123,69 +139,215 @@ class SAB(nn.Module):
             h = c = x.new_zeros(B, self.hidden_size)
         else:
             h, c = state
-        mem = keys = None  # (B, M, H) and (B, M, att_size), grown every k_att steps
+        # memory: (memories (B, M, H), keys (B, M, A)) as graph tensors for dense attention in
+        # training; else (bank, token), the memories outside the graph (see MemoryBank)
+        dense_graph = self.attention == "dense" and torch.is_grad_enabled()
+        memory = (None, None) if dense_graph else (MemoryBank(T // self.k_att + 1), None)
+        if self.attends and self.h0_memory:
+            memory = self._write(memory, 0, h)
         seg = self.checkpoint_every if self.checkpoint_every > 0 and torch.is_grad_enabled() else T
         outputs, summaries = [], []
         for t0 in range(0, T, seg):
-            args = (x[t0:t0 + seg], h, c, mem, keys, t0)
+            args = (x[t0:t0 + seg], h, c, memory, t0)
             if seg < T:
-                outs, sums, h, c, mem, keys = checkpoint(self._segment, *args, use_reentrant=False)
+                outs, sums, h, c, memory = checkpoint(self._segment, *args, use_reentrant=False)
             else:
-                outs, sums, h, c, mem, keys = self._segment(*args)
+                outs, sums, h, c, memory = self._segment(*args)
             outputs.append(outs)
             summaries.append(sums)
+        if len(outputs) == 1:  # one segment: no copy
+            return outputs[0], summaries[0]
         return torch.cat(outputs), torch.cat(summaries)
 
-    def _segment(self, x, h, c, mem, keys, t0):
-        """Runs steps t0 .. t0+len(x)-1. x: (S, B, D); mem/keys may be None (empty memory)."""
+    def _segment(self, x, h, c, memory, t0):
+        """Runs steps t0 .. t0+len(x)-1. x: (S, B, D)."""
         outputs, summaries = [], []
+        first = int(self.h0_memory)  # slot of the first memory written by a step
         # unbind, not x[t]: indexing a tensor that needs grad inside the loop makes backward O(T^2)
         for i, x_t in enumerate(x.unbind(0)):
             t = t0 + i
             if self.k_trunc and t % self.k_trunc == 0:
                 h, c = h.detach(), c.detach()       # local truncated BPTT; memories stay attached
             h_hat, c = self.cell(x_t, (h, c))       # provisional state h^(t)
-            summary = self._read(h_hat, mem, keys)
+            n = t // self.k_att + first if self.attends else 0  # memories written before step t
+            summary = self._read(t, h_hat, memory, n) if n else torch.zeros_like(h_hat)
             h = h_hat + summary                     # h(t) = h^(t) + sum_i a_i m_i
-            if (t + 1) % self.k_att == 0 and self.attends:
-                k = self.key(h)
-                mem = h[:, None] if mem is None else torch.cat([mem, h[:, None]], dim=1)
-                keys = k[:, None] if keys is None else torch.cat([keys, k[:, None]], dim=1)
+            if self.attends and (t + 1) % self.k_att == 0:
+                memory = self._write(memory, n, h)  # the memory is h(t) itself (section 3)
             outputs.append(h)
             summaries.append(summary)
-        return torch.stack(outputs), torch.stack(summaries), h, c, mem, keys
+        return torch.stack(outputs), torch.stack(summaries), h, c, memory
 
-    def _read(self, h_hat, mem, keys):
-        """sum_i a_i m_i for h_hat (B, H) over mem (B, M, H); zeros when nothing to attend."""
-        if mem is None or not self.attends:
-            return torch.zeros_like(h_hat)
-        scores = self.score(torch.tanh(keys + self.query(h_hat)[:, None])).squeeze(2)  # (B, M)
-        if self.attention == "dense":
-            w = torch.softmax(scores, dim=1)
-            return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1)  # (B, 1, M) @ (B, M, H)
-        w, index = sparsify(scores, self.k_top)                          # (B, K), (B, K)
-        picked = mem.gather(1, index[:, :, None].expand(-1, -1, mem.shape[2]))  # (B, K, H)
-        return (w[:, :, None].to(picked.dtype) * picked).sum(dim=1)
+    def _write(self, memory, slot, h):
+        """Adds h (B, H) as memory `slot`; returns the memory (new tensors if dense)."""
+        if not isinstance(memory[0], MemoryBank):  # grow the graph tensors (B, M, .) -> (B, M+1, .)
+            mem, keys = memory
+            k = self.key(h)[:, None]
+            return (h[:, None] if mem is None else torch.cat([mem, h[:, None]], dim=1),
+                    k if keys is None else torch.cat([keys, k], dim=1))
+        bank, token = memory
+        with torch.no_grad():
+            key = self.key(h)
+        return bank, bank.write(slot, h, key, token)
+
+    def _read(self, t, h_hat, memory, n):
+        """sum_i a_i m_i (B, H) for h^(t) (B, H) over the n memories written so far."""
+        query = self.query(h_hat)                                                # (B, A)
+        if self.attention == "dense":  # softmax over all n memories
+            if isinstance(memory[0], MemoryBank):  # no grad: the bank's buffers, bounded memory
+                bank = memory[0]
+                w = torch.softmax(bank.score_all(query, self.score.weight[0], n), dim=1)  # (B, n)
+                summary = torch.bmm(w[:, None].to(bank.mem.dtype), bank.mem[:, :n]).squeeze(1)
+            else:
+                summary, w = self.attend(query, *memory, k_top=n)
+            index = torch.arange(n, device=w.device).expand_as(w)
+        else:
+            bank, token = memory
+            with torch.no_grad():  # score every memory outside the graph, keep the k_top+1 best
+                scores = bank.score_all(query, self.score.weight[0], n)         # (B, n)
+                k1 = min(self.k_top + 1, n)
+                index = scores.topk(k1, dim=1, sorted=False).indices            # (B, K1)
+            picked = _Read.apply(token, index, bank)                            # (B, K1, H)
+            summary, w = self.attend(query, picked)  # the K1 scores again, in the graph
+        if self.watch is not None:
+            self.watch(t, w.detach(), index, n)
+        return summary
+
+    def attend(self, query, mem, keys=None, k_top=None):
+        """The attention read of section 3 over given memories.
+
+        s_j = v . tanh(W_q h^(t) + b + W_k m_j), a = sparsify(s, k_top), read = sum_j a_j m_j.
+        Args: query (B, A) = W_q h^(t) + b; mem (B, M, H); keys (B, M, A) = W_k m_j if already
+            computed; k_top (default self.k_top; >= M gives a softmax over all M).
+        Returns: read (B, H), weights (B, M), zero outside the k_top kept.
+        """
+        k_top = k_top or self.k_top
+        if keys is None:
+            keys = self.key(mem)                                                 # (B, M, A)
+        s = self.score(torch.tanh(keys + query[:, None])).squeeze(2)             # (B, M)
+        if s.shape[1] == k_top + 1:  # sparsify of exactly k_top+1 scores: subtract the lowest
+            w = F.relu(s - s.min(dim=1, keepdim=True).values)                    # (B, M)
+            w = w / (w.sum(dim=1, keepdim=True) + 1e-12)
+        else:
+            w, j = sparsify(s, k_top)                                            # (B, K)
+            w = torch.zeros_like(s).scatter(1, j, w)                             # (B, M)
+        return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1), w            # (B, H)
+
+
+class MemoryBank:
+    """The memories of one SAB forward pass, stored outside the autograd graph (sparse replay).
+
+    mem (B, slots, H) holds the memories m_j, keys (B, slots, A) their keys W_k m_j for scoring.
+    `score_all` works in a buffer of keys' size allocated once: a fresh temporary of growing size
+    at every step fragments the heap (3x slower on CPU, and unbounded memory at T = 5000).
+    Gradient reaches a memory only through `_Read`, and only for the rows that read it: its
+    backward adds into grad (B, slots, H), and `_Write`'s backward hands slot j's sum to the h(t)
+    written there. A token (a () tensor returned by each write) threads through every write and
+    read, so that autograd runs a write's backward only after the backward of every read that came
+    after it. The caller keeps the token, not the bank: a bank holding it would make a reference
+    cycle through the autograd graph (bank -> token -> _Write node -> bank), and Python would keep
+    every step's graph alive.
+    """
+
+    def __init__(self, slots):
+        self.slots = slots
+        self.mem = self.keys = self.buffer = self.grad = None
+
+    def write(self, slot, h, key, token):
+        """Stores h (B, H) and its key (B, A) (no grad) in `slot`; returns the new token."""
+        if self.mem is None:
+            self.mem = h.new_empty(h.shape[0], self.slots, h.shape[1])
+            self.keys = key.new_empty(key.shape[0], self.slots, key.shape[1])
+            self.buffer = torch.empty_like(self.keys).view(-1)
+        self.keys[:, slot] = key
+        return _Write.apply(token, h, self, slot)
+
+    def score_all(self, query, v, n):
+        """v . tanh(keys_j + query) for the first n memories, (B, n), no autograd.
+        query: (B, A) = W_q h^(t) + b; v: (A,)."""
+        B, _, A = self.keys.shape
+        z = self.buffer[:B * n * A].view(B, n, A)
+        torch.add(self.keys[:, :n], query[:, None].to(z.dtype), out=z)
+        return z.tanh_() @ v.to(z.dtype)
+
+    def gather(self, index):
+        """mem at `index` (B, K) long: (B, K, H), a copy."""
+        B, K = index.shape
+        return self.mem.view(B * self.slots, -1).index_select(0, self._flat(index)).view(B, K, -1)
+
+    def _flat(self, index):  # (B, K) slots -> (B*K,) rows of mem.view(B * slots, H)
+        rows = torch.arange(index.shape[0], device=index.device)[:, None] * self.slots
+        return (rows + index).view(-1)
+
+    def add_grad(self, index, grad):
+        """grad (B, K, H) of the memories at index (B, K), summed into self.grad (at least
+        float32, so that many small bf16 / fp16 gradients add up without rounding away)."""
+        if self.grad is None:
+            dtype = torch.promote_types(self.mem.dtype, torch.float32)
+            self.grad = torch.zeros(self.mem.shape, dtype=dtype, device=grad.device)
+        self.grad.view(-1, grad.shape[2]).index_add_(0, self._flat(index),
+                                                     grad.reshape(-1, grad.shape[2]).to(self.grad.dtype))
+
+
+class _Write(torch.autograd.Function):
+    """bank.mem[:, slot] = h; backward gives h the gradient its readers left in bank.grad."""
+
+    @staticmethod
+    def forward(ctx, token, h, bank, slot):
+        bank.mem[:, slot] = h
+        ctx.bank, ctx.slot, ctx.had_token, ctx.dtype = bank, slot, token is not None, h.dtype
+        return h.new_zeros(())  # the new token
+
+    @staticmethod
+    def backward(ctx, token_grad):
+        grad = None
+        if ctx.bank.grad is not None:
+            grad = ctx.bank.grad[:, ctx.slot].to(ctx.dtype, copy=True)
+            ctx.bank.grad[:, ctx.slot] = 0  # so that a second backward does not count it twice
+        return (token_grad if ctx.had_token else None), grad, None, None
+
+
+class _Read(torch.autograd.Function):
+    """bank.mem at index (B, K) -> (B, K, H); backward adds the gradient into bank.grad."""
+
+    @staticmethod
+    def forward(ctx, token, index, bank):
+        ctx.bank = bank
+        ctx.save_for_backward(index)
+        return bank.gather(index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, = ctx.saved_tensors
+        ctx.bank.add_grad(index, grad)
+        return grad.new_zeros(()), None, None
 
 
 class Net(nn.Module):
     """SAB plus a linear read-out, for every task of this script.
 
+    head="h" reads h(t); head="h+read" reads [h(t); sum_i a_i m_i] with a Linear(2H), as the
+    authors' release does.
     Inputs: x of shape (T, B) long tokens (one-hot encoded to `n_in`) or (T, B, n_in) floats.
     Output: (T, B, n_out) logits if `per_step` (copy, language modelling), else (B, n_out)
     from the last step (classification; n_out = 1 for regression).
     """
 
-    def __init__(self, n_in, n_out, hidden_size, per_step, **sab_kwargs):
+    def __init__(self, n_in, n_out, hidden_size, per_step, head="h+read", **sab_kwargs):
         super().__init__()
-        self.n_in, self.per_step = n_in, per_step
+        # everything needed to rebuild the network, stored in checkpoints (see `load`)
+        self.config = dict(n_in=n_in, n_out=n_out, hidden_size=hidden_size, per_step=per_step,
+                           head=head, **sab_kwargs)
+        self.n_in, self.per_step, self.head_reads = n_in, per_step, head
         self.rnn = SAB(n_in, hidden_size, **sab_kwargs)
-        self.head = nn.Linear(hidden_size, n_out)
+        self.head = nn.Linear(hidden_size * (2 if head == "h+read" else 1), n_out)
 
     def forward(self, x):
         if x.dtype == torch.long:
             x = F.one_hot(x, self.n_in).float()  # (T, B) -> (T, B, n_in)
-        h, _ = self.rnn(x)                       # (T, B, H)
+        h, read = self.rnn(x)                    # (T, B, H) each
+        if self.head_reads == "h+read":
+            h = torch.cat([h, read], dim=2)      # (T, B, 2H)
         return self.head(h if self.per_step else h[-1])
 
 
@@ -196,9 +358,12 @@ class Net(nn.Module):
 MODELS = ["sab", "tbptt", "lstm", "attn"]
 TASKS = ["copy", "adding", "pmnist", "cifar10", "ptb", "text8"]
 DEFAULTS = dict(batch_size=64, hidden_size=128, layers=1, lr=1e-3, clip=1.0, k_att=2, k_top=5,
-                k_trunc=5, steps=20_000, eval_every=500, eval_size=1000)
+                k_trunc=5, steps=20_000, eval_every=500, eval_size=1000, lr_schedule="constant",
+                head="h+read", warmup=0, adam_eps=1e-8)
 TASK_DEFAULTS = {  # paper-silent values marked UNCONFIRMED in PAPER below
-    "copy": dict(seq_len=100),
+    # copy: clip 0.1 and a 500-step warm-up against the gradient spikes of attention chains
+    # (docs/sab.md, "Stability"); the release clips at 1.0 with no warm-up
+    "copy": dict(seq_len=100, clip=0.1, warmup=500),
     "adding": dict(seq_len=200, k_top=10, k_trunc=10),
     "pmnist": dict(seq_len=784, k_top=10, k_trunc=10, steps=50_000, eval_every=1000),
     "cifar10": dict(seq_len=1024, k_top=10, k_trunc=10, steps=50_000, eval_every=1000),
@@ -206,8 +371,11 @@ TASK_DEFAULTS = {  # paper-silent values marked UNCONFIRMED in PAPER below
     "text8": dict(seq_len=180, k_top=10, k_trunc=10, steps=100_000, eval_every=2000),
 }
 QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller evaluation set
-    # (copy: lr 3e-3 instead of 1e-3, so that SAB gets past its plateau within the budget)
-    "copy": dict(seq_len=10, lr=3e-3, steps=8000, eval_every=1000, eval_size=500),
+    # copy: a smaller, faster net (H 64, batch 32), a memory every step (k_att 1: each memory
+    # holds one digit), lr 1e-2 with cosine decay; the clip of 0.1 keeps the early gradient spikes
+    # of attention chains from derailing Adam (docs/sab.md, "Stability")
+    "copy": dict(seq_len=10, hidden_size=64, batch_size=32, k_att=1, lr=1e-2, warmup=0,
+                 lr_schedule="cosine", clip=0.1, steps=8000, eval_every=1000, eval_size=500),
     "adding": dict(seq_len=50, steps=1500, eval_every=250, eval_size=500),
     # pMNIST / CIFAR-10 / text8 test on a subset: SAB takes about 45 s per 1000 images on one core
     "pmnist": dict(steps=300, eval_every=100, eval_size=1000, test_size=1000),
@@ -216,7 +384,8 @@ QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller eval
     "text8": dict(seq_len=50, steps=1000, eval_every=250, eval_size=50, test_size=200),
 }
 # The paper's number for the primary metric, keyed by (task, model, T); anything else prints
-# UNCONFIRMED (see ../shared/PAPERS.md: only copy T=100 is confirmed, TBPTT second-hand).
+# UNCONFIRMED: only copy T=100 is confirmed from the paper (Table 1); the TBPTT number is
+# quoted second-hand.
 PAPER = {("copy", "sab", 100): "100 (k_trunc 5, k_top 5)",
          ("copy", "tbptt", 100): "31 (k_trunc 5; second-hand)"}
 
@@ -226,6 +395,19 @@ def parse_args(argv=None):
     p.add_argument("--k-top", type=tasks.nonneg_int, help="memories attended per step")
     p.add_argument("--k-att", type=tasks.positive_int, help="write a memory every k_att steps")
     p.add_argument("--k-trunc", type=tasks.nonneg_int, help="local truncated BPTT length (0: full)")
+    p.add_argument("--h0-memory", action="store_true",
+                   help="the memory starts with the initial state h0 = 0, as in the authors' "
+                        "release: attention can then put weight on nothing")
+    p.add_argument("--head", choices=["h", "h+read"],
+                   help="the read-out reads [h(t); attention read] (h+read, as the authors' "
+                        "release; default) or h(t) alone")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="cosine: lr * (1 + cos(pi * step / steps)) / 2 (default constant)")
+    p.add_argument("--adam-eps", type=tasks.positive_float,
+                   help="Adam's epsilon (default 1e-8, torch's); larger bounds the step size once "
+                        "gradients are tiny")
+    p.add_argument("--warmup", type=tasks.nonneg_int,
+                   help="linear learning-rate warm-up over this many steps (default 0)")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the best checkpoint of this run on the test set and exit")
     args = p.parse_args(argv)
@@ -250,6 +432,10 @@ def parse_args(argv=None):
                 f"{length} steps with --k-att {args.k_att} writes only {capacity} memories")
     if args.model == "sab" and args.k_top == 0:
         p.error("--model sab needs --k-top >= 1 (k_top 0 is --model tbptt)")
+    if not args.clip >= 0:  # a negative max-norm would flip the gradient
+        p.error(f"--clip {args.clip}: must be >= 0 (0: no clipping)")
+    if args.h0_memory and args.model not in ("sab", "attn"):
+        p.error(f"--h0-memory: --model {args.model} has no attention memory")
     args.tag = args.tag or f"T{args.seq_len}" + ("-quick" if args.quick else "")
     return args
 
@@ -262,48 +448,127 @@ def checkpoint_segment(k_trunc, seq_len):
 
 def build_model(args, task):
     return Net(task.n_in, task.n_out, args.hidden_size, per_step=task.kind in ("copy", "lm"),
-               k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
-               attention="dense" if args.model == "attn" else "sparse")
+               head=args.head, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
+               attention="dense" if args.model == "attn" else "sparse", h0_memory=args.h0_memory)
+
+
+def load(path, device="cpu"):
+    """Rebuilds the trained network (a `Net`, in eval mode) from a checkpoint of this script
+    alone, e.g. load("results/ckpt/sab-copy-sab-T100-best.pt")(x) with x (T, B) long tokens.
+    Raises FileNotFoundError if path does not exist, ValueError if it holds no SAB network."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(ck, dict) or "net" not in ck or "model" not in ck:
+        raise ValueError(f"{path} is not a checkpoint of sab.py (no network config in it)")
+    net = Net(**ck["net"]).to(device)
+    net.load_state_dict(ck["model"])
+    return net.eval()
+
+
+def learning_rate(args, step):
+    """The learning rate of optimizer step `step` (0-based): linear warm-up over --warmup steps,
+    then --lr-schedule (constant, or cosine decay to 0 at --steps)."""
+    lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup else args.lr
+    if args.lr_schedule == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * step / args.steps))
+    return lr
 
 
 @torch.no_grad()
-def evaluate(model, task, split, device, amp_dtype, limit=None):
-    """Metrics of `model` on a split (see tasks.summarize), under autocast if amp_dtype is set."""
+def evaluate(model, task, split, device, amp_dtype, limit=None, diagnostics=False):
+    """Metrics of `model` on a split (see tasks.summarize), under autocast if amp_dtype is set.
+
+    diagnostics=True adds, over the whole split: max_abs_h, the largest |h(t)|; att_recent, the
+    mean attention weight on the most recent memory; att_entropy, the mean entropy (nats) of the
+    attention weights (ln k_top when spread evenly over k_top memories, 0 on one memory).
+    """
     model.eval()
-    total = {}
+    total, diag = {}, dict(max_abs_h=0.0, att_recent=0.0, att_entropy=0.0, reads=0)
+
+    def watch(t, w, index, n):  # w, index: (B, K)
+        diag["att_recent"] += (w * (index == n - 1)).sum().item()
+        diag["att_entropy"] -= torch.special.xlogy(w, w).sum().item()
+        diag["reads"] += w.shape[0]
+
+    def max_h(module, inputs, outputs):  # outputs: (h (T, B, H), reads (T, B, H))
+        diag["max_abs_h"] = max(diag["max_abs_h"], outputs[0].abs().max().item())
+    if diagnostics:
+        model.rnn.watch = watch
+        hook = model.rnn.register_forward_hook(max_h)
     for x, y in task.eval_batches(split, limit=limit):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
         tasks.add_stats(total, tasks.loss_and_stats(task.kind, out, y)[1])
     model.train()
-    return tasks.summarize(task.kind, total, split)
+    metrics = tasks.summarize(task.kind, total, split)
+    if diagnostics:
+        model.rnn.watch = None
+        hook.remove()
+        metrics["max_abs_h"] = diag["max_abs_h"]
+        if diag["reads"]:  # models without attention have no attention statistics
+            metrics.update(att_recent=diag["att_recent"] / diag["reads"],
+                           att_entropy=diag["att_entropy"] / diag["reads"])
+    return metrics
+
+
+class LSTMCellLoop(nn.Module):
+    """The baseline of the benchmark: nn.LSTMCell stepped in a Python loop, as SAB steps it.
+    x: (T, B, D) -> (outputs (T, B, H), None)."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[1], self.cell.hidden_size)
+        outputs = []
+        for x_t in x.unbind(0):
+            h, c = self.cell(x_t, (h, c))
+            outputs.append(h)
+        return torch.stack(outputs), None
+
+
+def bank_mib(model, T, B, dtype=torch.float32):
+    """Memory of SAB's MemoryBank for a batch of B sequences of T steps: values (B, slots, H),
+    keys (B, slots, A) and, during backward, the gradient (B, slots, H); 0 if it keeps none."""
+    if not isinstance(model, SAB) or model.attention != "sparse" or not model.attends:
+        return 0.0
+    slots, H, A = T // model.k_att + 1, model.hidden_size, model.key.out_features
+    size = torch.tensor([], dtype=dtype).element_size()
+    return B * slots * ((H + A) * size + H * 4) / 2**20
 
 
 def run_benchmark(args, device, amp_dtype):
-    """Forward+backward time and memory of this model against nn.LSTM of the same hidden size,
-    both under the same autocast setting."""
+    """Forward+backward time and memory of this model against an LSTMCell loop and nn.LSTM of
+    the same hidden size, all under the same autocast setting, in one run."""
     B, H, D = args.batch_size, args.hidden_size, 10
     lengths = [args.seq_len] if args.seq_len_given else [100, 300, 1000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, H={H}, "
           f"D={D}, model {args.model} (k_top {args.k_top}, k_att {args.k_att}, "
           f"k_trunc {args.k_trunc}), grad_checkpoint={args.grad_checkpoint}, amp={amp_dtype}")
     mem_name = "peak CUDA MiB" if device.type == "cuda" else "saved-for-backward MiB"
-    print(f"| model | T | ms / batch | steps*samples / s | {mem_name} |\n|---|---|---|---|---|")
+    print(f"| model | T | ms / batch | time / LSTMCell loop | {mem_name} | memory bank MiB | "
+          f"memory / nn.LSTM |\n|---|---|---|---|---|---|---|")
     for T in lengths:
         x = torch.randn(T, B, D, device=device)
         sab = SAB(D, H, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
                   attention="dense" if args.model == "attn" else "sparse",
                   checkpoint_every=checkpoint_segment(args.k_trunc, T) if args.grad_checkpoint
                   else 0).to(device)
-        lstm = nn.LSTM(D, H).to(device)
-        for name, model in [(f"{args.model} (SAB class)", sab), ("nn.LSTM", lstm)]:
+        rows = {}
+        for name, model in [("LSTMCell loop", LSTMCellLoop(D, H)), ("nn.LSTM", nn.LSTM(D, H)),
+                            (f"{args.model} (SAB class)", sab)]:
+            model.to(device)
+
             def fn():
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = model(x)[0]
                 out.float().sum().backward()
             sec, mem = tasks.benchmark(fn, device)
-            print(f"| {name} | {T} | {sec * 1e3:.1f} | {T * B / sec:,.0f} | {mem:.1f} |")
+            bank = bank_mib(model, T, B) if device.type == "cpu" else 0.0  # CUDA peak has it
+            rows[name] = sec, mem + bank
+            print(f"| {name} | {T} | {sec * 1e3:.1f} | {sec / rows['LSTMCell loop'][0]:.2f}x | "
+                  f"{mem:.1f} | {bank:.1f} | {(mem + bank) / rows.get('nn.LSTM', rows[name])[1]:.2f}x |")
 
 
 def main(argv=None):
@@ -323,7 +588,7 @@ def main(argv=None):
     model = build_model(args, task).to(device)
     if args.grad_checkpoint:
         model.rnn.checkpoint_every = checkpoint_segment(args.k_trunc, args.seq_len)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     metric, larger_is_better = tasks.SELECT[task.kind]
 
@@ -352,10 +617,11 @@ def main(argv=None):
         tasks.save_checkpoint(last_path, dict(
             model=model.state_dict(), opt=opt.state_dict(), scaler=scaler.state_dict(),
             rng=tasks.rng_state(), step=step, best=best, history=history, elapsed=elapsed,
-            config=vars(args)))
+            config=vars(args), net=model.config))
 
     from tqdm import tqdm
     t_start = time.time() - elapsed
+    grad_norms = []  # gradient norms before clipping since the last evaluation
     bar = tqdm(total=args.steps, initial=step, disable=args.eval_only or step >= args.steps,
                mininterval=5, desc=name, dynamic_ncols=True)
     while step < args.steps and not args.eval_only:
@@ -371,8 +637,10 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        if args.clip:
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        # the norm before clipping, kept as a tensor (no host sync) for the run history
+        grad_norms.append(nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf))
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(args, step)
         scaler.step(opt)
         scaler.update()
         step += 1
@@ -380,12 +648,20 @@ def main(argv=None):
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         out_of_time = args.time_budget and time.time() - t_start > args.time_budget * 60
         if step % args.eval_every == 0 or step == args.steps or out_of_time:
-            val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
+            val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size,
+                           diagnostics=True)
             elapsed = time.time() - t_start
-            history.append(dict(step=step, loss=loss.item(), seconds=round(elapsed, 1), **val))
+            norms = torch.stack(grad_norms).float()
+            grad_stats = dict(grad_norm=norms.mean().item(), grad_norm_max=norms.max().item(),
+                              clipped=(norms > args.clip).float().mean().item() if args.clip
+                              else 0.0, lr=learning_rate(args, step - 1))
+            grad_norms = []
+            history.append(dict(step=step, loss=loss.item(), seconds=round(elapsed, 1), **val,
+                                **grad_stats))
             if best is None or (val[metric] > best if larger_is_better else val[metric] < best):
                 best = val[metric]
-                tasks.save_checkpoint(best_path, dict(model=model.state_dict(), step=step))
+                tasks.save_checkpoint(best_path, dict(model=model.state_dict(), step=step,
+                                                      net=model.config))
             save_last()
             bar.write(f"step {step}: loss {loss.item():.4f} "
                       + " ".join(f"{k} {v:.4f}" for k, v in val.items())
@@ -395,10 +671,13 @@ def main(argv=None):
             break
     bar.close()
 
-    # Report the test metric at the best validation checkpoint (PAPERS.md: "Ours").
+    # Report the test metric at the best validation checkpoint (coRNN's convention; IndRNN's
+    # code tests after the last learning-rate drop, TCN averages the last epochs).
     ck = torch.load(best_path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
+    t_test = time.time()
     test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)
+    test_seconds = time.time() - t_test
     val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
     test_T = args.test_seq_len or args.seq_len
     record = dict(
@@ -406,13 +685,15 @@ def main(argv=None):
         metric=tasks.SELECT[task.kind][0].replace("valid", "test"),
         paper=PAPER.get((args.task, args.model, test_T), "UNCONFIRMED"),
         metrics={**test, **val}, best_step=ck["step"], steps_done=step, history=history,
-        wall_seconds=elapsed, peak_memory_mb=tasks.peak_memory_mb(device), device=str(device),
+        wall_seconds=elapsed, test_seconds=test_seconds,
+        peak_memory_mb=tasks.peak_memory_mb(device), device=str(device),
         hardware=tasks.hardware(device), torch=torch.__version__, git_commit=tasks.git_commit(),
         command="python " + " ".join(sys.argv) if argv is None else "sab.main(" + str(argv) + ")")
     suffix = f"-test{test_T}" if test_T != args.seq_len else ""
     path = tasks.write_results(os.path.join(args.out_dir, name + suffix + ".json"), record)
     print(f"== test at best validation step {ck['step']}: "
-          + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {record['paper']}")
+          + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {record['paper']}"
+          + f" | test {test_seconds:.0f} s, peak memory {record['peak_memory_mb']:.0f} MiB")
     print(f"== wrote {path}")
     return record
 

@@ -1051,6 +1051,30 @@ def format_table(records):
     return "\n".join(rows)
 
 
+def mean_std_range(values):
+    """(mean, sample std (0 for one value), min, max) of a list of numbers."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 \
+        else 0.0
+    return mean, std, min(values), max(values)
+
+
+def seeds_table(records):
+    """Markdown: one line per run of the same configuration (seed, threads, the test metric, steps,
+    training time, hardware), then the mean ± std and the range over all runs."""
+    rows = ["| seed | threads | test metric | value | best step | steps | training time | "
+            "hardware |", "|---|---|---|---|---|---|---|---|"]
+    order = sorted(records, key=lambda r: (r["config"].get("threads") or 0, r["config"]["seed"]))
+    for r in order:
+        rows.append(f"| {r['config']['seed']} | {r['config'].get('threads') or 'default'} | "
+                    f"{r['metric']} | {r['metrics'][r['metric']]:.2f} | {r.get('best_step', '')} | "
+                    f"{r['steps_done']} | {r['wall_seconds'] / 60:.1f} min | {r['hardware']} |")
+    mean, std, lo, hi = mean_std_range([r["metrics"][r["metric"]] for r in records])
+    rows.append(f"\n{len(records)} runs: **{mean:.2f} ± {std:.2f}** (mean ± std), range "
+                f"{lo:.2f} – {hi:.2f}.")
+    return "\n".join(rows)
+
+
 def benchmark(step_fn, device, repeats=3):
     """Times `step_fn()` (one forward+backward) and measures its memory.
 
@@ -1166,12 +1190,21 @@ def _rlstm_tables():
 PAPER_TABLES = {**_sab_tables(), **_indrnn_tables(), **_rlstm_tables()}
 
 
-_TAG_SUFFIX = re.compile(r"(-quick|-est)?(-s\d+)?$")  # run_all.sh tags: <row>[-quick|-est]-s<seed>
+_TAG_SUFFIX = re.compile(r"(-quick|-est|-cpu)?(-s\d+)?$")  # run_all.sh: <row>[-quick|-est|-cpu]-s<seed>
 
 
 def row_tag(tag):
     """The row part of a run tag: `T100-quick-s2` -> `T100`, `T100-est-s0` -> `T100`."""
     return _TAG_SUFFIX.sub("", tag or "")
+
+
+def _scale(record):
+    """How a run was made: "quick" (--quick), "cpu" (run_all.sh --cpu: paper settings on CPU
+    under a time budget) or "paper"."""
+    if record["config"].get("quick"):
+        return "quick"
+    return "cpu" if _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1) == "-cpu" \
+        else "paper"
 
 
 def is_estimate(record):
@@ -1208,7 +1241,7 @@ def _failure(row, failures):
     if row["test_ratio"]:
         return None
     pattern = (rf"{re.escape(row['script'][:-3])}-{re.escape(row['task'])}-"
-               rf"{re.escape(row['model'])}-{re.escape(row['tag'])}(-quick)?-s\d+")
+               rf"{re.escape(row['model'])}-{re.escape(row['tag'])}(-quick|-cpu)?-s\d+")
     return next((m for n, m in failures.items() if re.fullmatch(pattern, n)), None)
 
 
@@ -1230,18 +1263,22 @@ def paper_tables(records, failures=None):
                 status = f"no result yet: the run failed ({error})" if error else "no result yet"
                 out.append(f"| {row['label']} | {row['paper']} | {status} | 0 | | | |")
                 continue
-            for quick in sorted({bool(r["config"].get("quick")) for r in runs}):
-                group = [r for r in runs if bool(r["config"].get("quick")) == quick]
+            for scale in sorted({_scale(r) for r in runs}):
+                group = [r for r in runs if _scale(r) == scale]
                 values = [r["metrics"][row["metric"]] for r in group]
                 digits = 2 if row["metric"].endswith("acc") else 4
-                mean = sum(values) / len(values)
+                mean, std, lo, hi = mean_std_range(values)
                 ours = f"{mean:.{digits}f}"
                 if len(values) > 1:
-                    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-                    ours += f" ± {std:.{digits}f}"
+                    ours += f" ± {std:.{digits}f} (range {lo:.{digits}f} – {hi:.{digits}f})"
                 wall = sum(r["wall_seconds"] for r in group) / len(group) / 60
                 lengths = sorted({str(r["config"].get("seq_len")) for r in group})
-                scale = f"CPU-scale (--quick, T={'/'.join(lengths)})" if quick else "paper settings"
+                budgets = "/".join(sorted({f"{r['config']['time_budget']:g}" for r in group
+                                           if r["config"].get("time_budget")}))
+                scale = {"quick": f"CPU-scale (--quick, T={'/'.join(lengths)})",
+                         "cpu": "paper settings on CPU" + (f", {budgets} min of 1 thread"
+                                                           if budgets else ""),
+                         "paper": "paper settings"}[scale]
                 test_sizes = sorted({r["config"].get("test_size") or 0 for r in group})
                 if test_sizes != [0]:  # --test-size: not the whole test set
                     scale += f", test on first {'/'.join(str(n or 'all') for n in test_sizes)}"
@@ -1289,7 +1326,9 @@ def time_estimates(records):
 def _main():
     p = argparse.ArgumentParser(description="Print the results table of finished runs, or with a "
                                 "folder write <folder>/TABLES.md, the papers' tables.")
-    p.add_argument("what", choices=["table"])
+    p.add_argument("what", choices=["table", "seeds"],
+                   help="table: one line per run; seeds: runs of one configuration over seeds "
+                        "and thread counts, with mean, std and range")
     p.add_argument("files", nargs="+", help="results/*.json, or the folder results/")
     args = p.parse_args()
     if len(args.files) == 1 and os.path.isdir(args.files[0]):
@@ -1304,7 +1343,7 @@ def _main():
         print(f"wrote {path}")
         return
     records = [json.load(open(f)) for f in sorted(args.files)]
-    print(format_table(records))
+    print(seeds_table(records) if args.what == "seeds" else format_table(records))
 
 
 if __name__ == "__main__":

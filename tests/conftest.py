@@ -1,5 +1,5 @@
-"""Shared fixtures. Real data comes from $RNN_DATA_DIR (CI points it at a writable copy of
-../shared/data); otherwise ./data, where the loaders download what is missing."""
+"""Shared fixtures. Real data comes from $RNN_DATA_DIR (CI points it at a writable copy of an
+offline MNIST and PTB folder); otherwise ./data, where the loaders download what is missing."""
 import os
 import subprocess
 import sys

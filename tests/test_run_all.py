@@ -43,15 +43,15 @@ def test_transfer_runs_are_skipped_by_their_test_length(tmp_path):
     every = _dry_run("--quick", "--only", "sab-transfer", "--out-dir", str(tmp_path))
     (tmp_path / "sab-copy-sab-T100-quick-s0-test20.json").write_text("{}")
     left = _dry_run("--quick", "--only", "sab-transfer", "--out-dir", str(tmp_path))
-    assert len(every) == 15 and len(left) == 14
-    assert not any(" sab.py --task copy --model sab " in f" {c} " and c.endswith(
-        "--test-seq-len 20") for c in left)
+    assert len(every) == 20 and len(left) == 19  # SAB with seeds 0 and 1, LSTM and attn seed 0
+    assert not any(" sab.py --task copy --model sab " in f" {c} " and "-quick-s0 " in c
+                   and c.endswith("--test-seq-len 20") for c in left)
 
 
 def test_estimate_times_every_training_run_at_paper_settings(tmp_path):
     paper = _dry_run("--out-dir", str(tmp_path))
     est = _dry_run("--estimate", "--seeds", "3", "--out-dir", str(tmp_path))
-    training = [c for c in paper if "--eval-only" not in c]
+    training = [c for c in paper if "--eval-only" not in c and "--seed 0 " in c]  # one seed
     assert len(est) == len(training) and len(training) < len(paper)  # no transfer runs
     for p, e in zip(training, est):  # the paper's command, one seed, a short budget, tiny eval
         assert e == p.replace("-s0 ", "-est-s0 ") + " --time-budget 0.5 --eval-size 1 --test-size 1"
@@ -86,3 +86,21 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
     assert len(runs) == 4 and all("--amp --grad-checkpoint" in c for c in runs)
     assert sorted(c.split()[0] for c in runs) == ["0", "0", "1", "1"]
     assert calls[-1].split()[-2:] == ["table", str(tmp_path / "r")]  # then the tables
+
+
+def test_cpu_tier_runs_sab_copy_t100_at_paper_settings_and_resumes(tmp_path):
+    cmds = _dry_run("--cpu", "--out-dir", str(tmp_path))
+    training = [c for c in cmds if "--eval-only" not in c]
+    transfer = [c for c in cmds if "--eval-only" in c]
+    assert sorted(c.split("--model ")[1].split()[0] + c.split("--seed ")[1].split()[0]
+                  for c in training) == ["attn0", "lstm0", "sab0", "sab1", "tbptt0"]
+    for c in training:  # the paper's settings: sab.py's copy defaults at T=100, one thread
+        assert c.endswith("--threads 1 --seq-len 100 --steps 10000000 --time-budget 150")
+        assert "-cpu-s" in c and "--quick" not in c
+    assert len(transfer) == 20 and {c.split()[-1] for c in transfer} == {
+        "200", "300", "400", "2000", "5000"}
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "sab-copy-sab-T100-cpu-s1.pt").write_text("")  # an interrupted run
+    again = _dry_run("--cpu", "--only", "sab-copy", "--out-dir", str(tmp_path))
+    assert [c for c in again if "--resume" in c] == [
+        c + " --resume" for c in training if "--model sab --tag T100-cpu-s1 " in c]

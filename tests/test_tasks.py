@@ -217,7 +217,7 @@ def test_paper_tables_put_each_result_in_its_row_and_flag_missing_rows():
     text = tasks.paper_tables(records)
     lines = text.splitlines()
     sab = [l for l in lines if l.startswith("| SAB (k_trunc 5, k_top 5), T=200 |")]
-    assert sab == ["| SAB (k_trunc 5, k_top 5), T=200 | UNCONFIRMED | 55.00 ± 7.07 | 2 | "
+    assert sab == ["| SAB (k_trunc 5, k_top 5), T=200 | UNCONFIRMED | 55.00 ± 7.07 (range 50.00 – 60.00) | 2 | "
                    "paper settings | CPU X | 2.0 min |",
                    "| SAB (k_trunc 5, k_top 5), T=200 | UNCONFIRMED | 33.00 | 1 | "
                    "CPU-scale (--quick, T=20) | CPU X | 2.0 min |"]
