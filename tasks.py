@@ -1198,19 +1198,23 @@ def row_tag(tag):
     return _TAG_SUFFIX.sub("", tag or "")
 
 
+def _tag_mode(record):
+    """The run_all.sh mode in a run's tag: "-quick", "-est", "-cpu" or None."""
+    return _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1)
+
+
 def _scale(record):
     """How a run was made: "quick" (--quick), "cpu" (run_all.sh --cpu: paper settings on CPU
     under a time budget) or "paper"."""
     if record["config"].get("quick"):
         return "quick"
-    return "cpu" if _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1) == "-cpu" \
-        else "paper"
+    return "cpu" if _tag_mode(record) == "-cpu" else "paper"
 
 
 def is_estimate(record):
     """True for a timing run of `run_all.sh --estimate` (tag `<row>-est-s<seed>`): its metrics
     come from a few minutes of training and never enter the results tables."""
-    return _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1) == "-est"
+    return _tag_mode(record) == "-est"
 
 
 def _matches(record, row):
@@ -1263,8 +1267,8 @@ def paper_tables(records, failures=None):
                 status = f"no result yet: the run failed ({error})" if error else "no result yet"
                 out.append(f"| {row['label']} | {row['paper']} | {status} | 0 | | | |")
                 continue
-            for scale in sorted({_scale(r) for r in runs}):
-                group = [r for r in runs if _scale(r) == scale]
+            for kind in sorted({_scale(r) for r in runs}):
+                group = [r for r in runs if _scale(r) == kind]
                 values = [r["metrics"][row["metric"]] for r in group]
                 digits = 2 if row["metric"].endswith("acc") else 4
                 mean, std, lo, hi = mean_std_range(values)
@@ -1278,7 +1282,7 @@ def paper_tables(records, failures=None):
                 scale = {"quick": f"CPU-scale (--quick, T={'/'.join(lengths)})",
                          "cpu": "paper settings on CPU" + (f", {budgets} min of 1 thread"
                                                            if budgets else ""),
-                         "paper": "paper settings"}[scale]
+                         "paper": "paper settings"}[kind]
                 test_sizes = sorted({r["config"].get("test_size") or 0 for r in group})
                 if test_sizes != [0]:  # --test-size: not the whole test set
                     scale += f", test on first {'/'.join(str(n or 'all') for n in test_sizes)}"

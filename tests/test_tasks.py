@@ -271,3 +271,31 @@ def test_table_command_writes_tables_md(tmp_path):
     assert ("| res-indrnn, pmnist | 97.02 (12 layers) | no result yet: the run failed (error: MNIST "
             "is missing from x) | 0 | | | |") in text
     assert "| indrnn, pmnist | 96.0 | no result yet | 0 | | | |" in text
+
+
+def test_seeds_table_gives_every_run_and_mean_std_range():
+    def rec(seed, threads, acc):
+        return dict(config=dict(seed=seed, threads=threads), metric="test_acc",
+                    metrics=dict(test_acc=acc), best_step=10, steps_done=20, wall_seconds=60,
+                    hardware="CPU X")
+    table = tasks.seeds_table([rec(1, 2, 40.0), rec(0, 1, 100.0), rec(1, 1, 70.0)])
+    lines = table.splitlines()
+    assert [l.split("|")[1:5] for l in lines[2:5]] == [
+        [" 0 ", " 1 ", " test_acc ", " 100.00 "], [" 1 ", " 1 ", " test_acc ", " 70.00 "],
+        [" 1 ", " 2 ", " test_acc ", " 40.00 "]]
+    assert lines[-1] == "3 runs: **70.00 ± 30.00** (mean ± std), range 40.00 – 100.00."
+    assert tasks.mean_std_range([5.0]) == (5.0, 0.0, 5.0, 5.0)
+
+
+def test_cpu_tier_runs_get_their_own_line_with_their_budget():
+    cpu = [_record("sab.py", "copy", "sab", f"T100-cpu-s{s}", "test_acc", v, seed=s)
+           for s, v in ((0, 90.0), (1, 80.0))]
+    for r in cpu:
+        r["config"]["time_budget"] = 150.0
+    paper = _record("sab.py", "copy", "sab", "T100-s0", "test_acc", 99.0)
+    lines = tasks.paper_tables(cpu + [paper]).splitlines()
+    rows = [l for l in lines if l.startswith("| SAB (k_trunc 5, k_top 5), T=100 |")]
+    assert rows == ["| SAB (k_trunc 5, k_top 5), T=100 | 100 | 85.00 ± 7.07 (range 80.00 – 90.00) "
+                    "| 2 | paper settings on CPU, 150 min of 1 thread | CPU X | 2.0 min |",
+                    "| SAB (k_trunc 5, k_top 5), T=100 | 100 | 99.00 | 1 | paper settings | CPU X | "
+                    "2.0 min |"]
