@@ -7,43 +7,47 @@ residual version (Li et al., "Deep Independently Recurrent Neural Network", arXi
     python indrnn.py --task ptb --model res-indrnn   # char-level PTB, T=150 (Table 4)
     python indrnn.py --benchmark                     # one IndRNN layer against nn.LSTM
 
-The model classes (`IndRNN`, `DeepIndRNN` and what they use) need torch alone and can be copied
-into other code. Models (`--model`):
-    indrnn      stacked IndRNN layers, batch norm between layers (CVPR section 4)
+The model classes `IndRNN` and `DeepIndRNN` need torch alone and can be copied into other code:
+each docstring names the helpers to copy with it. Shapes are time-major: x (T, B, D). Models
+(`--model`):
+    indrnn      stacked IndRNN layers, batch norm between layers (CVPR sections 3.2, 4)
     res-indrnn  residual IndRNN: an IndRNN layer, then pre-activation blocks
-                x + [BN - IndRNN - BN - IndRNN](x), a final BN (Deep IndRNN section 4)
+                x + [BN - IndRNN - BN - IndRNN](x), a final BN (CVPR section 3.2, Deep IndRNN
+                section 4)
     lstm        nn.LSTM baseline
     irnn        ReLU RNN with identity-initialised recurrent matrix (Le et al. 2015) baseline
+Sections of this file: the model (torch alone), the NTU RGB+D data (the one task only this script
+uses; the others come from tasks.py), the papers' configurations, training and the command line.
 """
-import contextlib
-import functools
 import json
 import os
 import random
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import tasks  # data, metrics, checkpoints and results; the model classes below do not need it
+import tasks  # shared data, metrics, checkpoints and results; the model classes do not need it
 
 # ----------------------------------------------------------------------------------------------
 # Model: needs torch alone.
 
 
 class IndRNNRecurrence(torch.autograd.Function):
-    """h_t = relu(pre_t + u * h_{t-1}) over t = 0..T-1 (CVPR eq. 2, pre_t = W x_t + b).
+    """h_t = relu(pre_t + u * h_{t-1}) over t = 0..T-1 (CVPR eq. 2 with pre_t = W x_t + b);
+    call it through `indrnn_recurrence`, which checks shapes and dtypes.
 
     A loop of two in-place element-wise ops per step forward and backward, with a hand-written
     backward: the plain autograd loop records T small graphs and, if it indexes a tensor that
     requires grad, makes backward O(T^2). Backward (d_t = dL/dpre_t, d_T = 0):
         d_t = (dL/dh_t + u * d_{t+1}) * relu'(.)      dL/du = sum_{t,b} d_t * h_{t-1}
+    The gradient through time of unit n is u_n^(T-t) times ReLU derivatives (CVPR section 3.1),
+    which is what the constraint on u bounds.
     Inputs: pre (T, B, H), u (H,), h0 (B, H), all float32 or all float64 on one device.
-    Output: h (T, B, H).
+    Output: h (T, B, H), the same dtype.
     """
 
     @staticmethod
@@ -78,25 +82,41 @@ class IndRNNRecurrence(torch.autograd.Function):
         return grad_pre, acc.sum(0), grad_pre[0] * u
 
 
-def indrnn_recurrence(pre, u, h0):
+def indrnn_recurrence(pre, u, h0, impl="auto"):
     """The IndRNN recurrence h_t = relu(pre_t + u * h_{t-1}) (CVPR eq. 2) with a fast backward.
 
     Runs in float32 even under autocast: u is close to 1 (2^(1/1000) = 1.0007) and bfloat16
     cannot tell it from 1.
     Args: pre (T, B, H) = W x_t + b; u (H,) recurrent weight; h0 (B, H) initial state.
+        impl: "loop" (IndRNNRecurrence, torch alone), "triton" (IndRNNRecurrenceTriton, one fused
+        kernel; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) or "auto": Triton for
+        CUDA tensors when triton imports and its first run on the device agrees with the loop
+        (else a warning and the loop), the loop otherwise. The Triton section of this file is
+        optional: copied out without it, "auto" is the loop.
     Returns: h (T, B, H), float32 (float64 if pre is float64).
-    Raises: ValueError on inconsistent shapes.
+    Raises: ValueError on inconsistent shapes, an unknown impl, or impl="triton" where Triton
+        cannot run.
     """
+    if impl not in ("auto", "loop", "triton"):
+        raise ValueError(f"impl must be 'auto', 'loop' or 'triton', got {impl!r}")
     if pre.dim() != 3 or u.shape != pre.shape[2:] or h0.shape != pre.shape[1:]:
         raise ValueError(f"need pre (T, B, H), u (H,), h0 (B, H); got {tuple(pre.shape)}, "
                          f"{tuple(u.shape)}, {tuple(h0.shape)}")
     dtype = torch.float64 if pre.dtype == torch.float64 else torch.float32
-    return IndRNNRecurrence.apply(pre.to(dtype), u.to(dtype), h0.to(dtype))
+    pre, u, h0 = pre.to(dtype), u.to(dtype), h0.to(dtype)
+    if impl == "triton" or (impl == "auto" and pre.is_cuda):
+        use_triton = globals().get("_use_triton")  # absent if copied out without the section
+        if use_triton is None and impl == "triton":
+            raise ValueError("impl='triton' needs the Triton section of indrnn.py")
+        if use_triton is not None and use_triton(pre, impl == "triton"):
+            return IndRNNRecurrenceTriton.apply(pre.contiguous(), u.contiguous(),
+                                                h0.contiguous())
+    return IndRNNRecurrence.apply(pre, u, h0)
 
 
 def indrnn_recurrence_reference(pre, u, h0):
-    """The same recurrence as a plain autograd loop (for tests and the benchmark). Shapes as
-    `indrnn_recurrence`."""
+    """The same recurrence (CVPR eq. 2) as a plain autograd loop, for tests and the benchmark.
+    Args: pre (T, B, H), u (H,), h0 (B, H). Returns: h (T, B, H). No shape checks."""
     h, out = h0, []
     for p in pre.unbind(0):  # unbind, not pre[t]: indexing in the loop makes backward O(T^2)
         h = torch.relu(p + u * h)
@@ -104,12 +124,211 @@ def indrnn_recurrence_reference(pre, u, h0):
     return torch.stack(out)
 
 
-class SeqBatchNorm(nn.Module):
-    """Batch normalisation of a sequence (T, B, H) -> (T, B, H).
+# Optional fused recurrence (Triton). The model classes work without it (torch alone);
+# indrnn_recurrence uses it for CUDA tensors when `import triton` works.
+#
+# Why one kernel that loops over time: IndRNNRecurrence launches 2 kernels per step forward
+# (addcmul, relu_) and 4 backward (addcmul, sign, mul_, addcmul_), each on only B*H elements
+# (128 * 512 * 4 bytes = 256 KiB), so on a GPU it is launch-bound (~5 us a launch, 6 T launches
+# per batch) rather than bandwidth-bound. Units are independent (CVPR eq. 2), so each program can
+# own a block of the B*H columns, keep h_{t-1} (or d_{t+1}) in registers and walk through time
+# itself: one launch forward, one backward, every element of (T, B, H) read or written once, and
+# the time is that of moving the bytes (bandwidth-bound).
 
-    frames=None: statistics over time and batch, one mean / variance per unit ("BN over time",
-    any T). frames=T: frame-wise, one mean / variance per (step, unit), as the IndRNN authors
-    use on PTB; needs exactly T steps.
+_TRITON_BLOCK = 128       # columns (of the B*H) per program
+_TRITON_CACHE = {}        # interpret flag -> (forward kernel, backward kernel), built on first use
+_TRITON_OK = {}           # (device, interpret flag) -> verdict of the first-use check
+
+
+def _triton_interpret():
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1). Triton reads the
+    variable when a kernel is decorated, which is why the kernels are built lazily, per mode."""
+    import triton
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _triton_kernels():
+    """(forward, backward) Triton kernels of the recurrence, built on the first call in the
+    current mode (compiled or interpreted). Raises ImportError without triton."""
+    key = _triton_interpret()
+    if key in _TRITON_CACHE:
+        return _TRITON_CACHE[key]
+    import triton
+    import triton.language as tl
+
+    @triton.jit(do_not_specialize=["T"])
+    def forward_kernel(pre_ptr, u_ptr, h0_ptr, h_ptr, T, N, H, BLOCK: tl.constexpr):
+        # pre, h: (T, N) with N = B*H columns, contiguous; u: (H,); h0: (N,).
+        cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < N
+        u = tl.load(u_ptr + cols % H, mask=mask, other=0.0)
+        h = tl.load(h0_ptr + cols, mask=mask, other=0.0)
+        pre_ptrs, h_ptrs = pre_ptr + cols, h_ptr + cols   # pointers advance by N per step
+        for _ in range(T):
+            h = tl.maximum(tl.load(pre_ptrs, mask=mask, other=0.0) + u * h, 0.0)
+            tl.store(h_ptrs, h, mask=mask)
+            pre_ptrs += N
+            h_ptrs += N
+
+    @triton.jit(do_not_specialize=["T", "last"])
+    def backward_kernel(grad_h_ptr, h_ptr, u_ptr, h0_ptr, grad_pre_ptr, grad_h0_ptr, part_ptr,
+                        T, last, N, H, BLOCK: tl.constexpr):
+        # Walks t = T-1 .. 0 from offset last = (T-1) * N (computed on the host: int64 if big).
+        # d_t = (grad_h_t + u * d_{t+1}) * relu'(h_t); part = sum_t d_t * h_{t-1} per column.
+        cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < N
+        u = tl.load(u_ptr + cols % H, mask=mask, other=0.0)
+        offs = cols + last
+        gh_ptrs, h_ptrs, gp_ptrs = grad_h_ptr + offs, h_ptr + offs, grad_pre_ptr + offs
+        h_t = tl.load(h_ptrs, mask=mask, other=0.0)
+        d = h_t * 0.0                                          # d_{t+1}, zero after the last step
+        acc = h_t * 0.0
+        for _ in range(T - 1):                                 # t = T-1 .. 1: h_{t-1} is in h
+            h_ptrs -= N
+            h_prev = tl.load(h_ptrs, mask=mask, other=0.0)
+            d = tl.where(h_t > 0.0, tl.load(gh_ptrs, mask=mask, other=0.0) + u * d, 0.0)
+            tl.store(gp_ptrs, d, mask=mask)
+            acc += d * h_prev
+            h_t = h_prev
+            gh_ptrs -= N
+            gp_ptrs -= N
+        h_prev = tl.load(h0_ptr + cols, mask=mask, other=0.0)  # t = 0: h_{-1} = h0
+        d = tl.where(h_t > 0.0, tl.load(gh_ptrs, mask=mask, other=0.0) + u * d, 0.0)
+        tl.store(gp_ptrs, d, mask=mask)
+        acc += d * h_prev
+        tl.store(grad_h0_ptr + cols, u * d, mask=mask)
+        tl.store(part_ptr + cols, acc, mask=mask)
+
+    _TRITON_CACHE[key] = (forward_kernel, backward_kernel)
+    return _TRITON_CACHE[key]
+
+
+def _triton_launch(kernel, n_cols, device, *args):
+    """Launches `kernel` on a 1-D grid of ceil(n_cols / _TRITON_BLOCK) programs."""
+    grid = (-(-n_cols // _TRITON_BLOCK),)
+    if device.type == "cuda":  # FMA for pre + u * h, as Triton's default (explicit: no warning)
+        with torch.cuda.device(device):
+            kernel[grid](*args, BLOCK=_TRITON_BLOCK, enable_fp_fusion=True)
+    else:
+        kernel[grid](*args, BLOCK=_TRITON_BLOCK)
+
+
+class IndRNNRecurrenceTriton(torch.autograd.Function):
+    """IndRNNRecurrence as two fused Triton kernels: h_t = relu(pre_t + u * h_{t-1}) (CVPR eq. 2).
+
+    Each program owns _TRITON_BLOCK of the B*H columns and loops over the T steps (the comment
+    at the start of this section says why). Forward: reads pre, writes h. Backward, t = T-1 .. 0:
+        d_t = (dL/dh_t + u * d_{t+1}) * relu'(h_t),   dL/dpre_t = d_t,   dL/dh0 = u * d_0,
+        dL/du = sum_b [sum_t d_t * h_{t-1}]  (per-column partials (B, H), summed by torch),
+    so the gradient through time of unit n carries u_n^(T-t) (CVPR section 3.1).
+    Inputs: pre (T, B, H), u (H,), h0 (B, H): contiguous, one dtype (float32; float64 works too)
+    and one device (CUDA, or CPU under TRITON_INTERPRET=1). Output: h (T, B, H).
+    Use it through indrnn_recurrence(..., impl="triton" or "auto").
+    """
+
+    @staticmethod
+    def forward(ctx, pre, u, h0):
+        forward_kernel, _ = _triton_kernels()
+        T, B, H = pre.shape
+        h = torch.empty_like(pre)
+        if T > 0 and B * H > 0:
+            _triton_launch(forward_kernel, B * H, pre.device, pre, u, h0, h, T, B * H, H)
+        ctx.save_for_backward(h, u, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        _, backward_kernel = _triton_kernels()
+        h, u, h0 = ctx.saved_tensors
+        T, B, H = h.shape
+        grad_h = grad_h.to(h.dtype).contiguous()  # sum().backward() gives an expanded tensor
+        grad_pre = torch.empty_like(h)
+        if T == 0 or B * H == 0:
+            return grad_pre, torch.zeros_like(u), torch.zeros_like(h0)
+        grad_h0, part = torch.empty_like(h0), torch.empty_like(h0)
+        _triton_launch(backward_kernel, B * H, h.device, grad_h, h, u, h0, grad_pre, grad_h0,
+                       part, T, (T - 1) * B * H, B * H, H)
+        return grad_pre, part.sum(0), grad_h0
+
+
+def _check_triton(device):
+    """Runs the Triton kernels and the loop on a small random input on `device` (forward and
+    the three gradients, B*H not a multiple of the block). Returns None if they agree, else a
+    one-line reason (disagreement, or the kernel's error: compilation, driver, ...)."""
+    T, B, H = 9, 3, _TRITON_BLOCK // 2 + 3
+    results = []
+    try:  # may be called under no_grad, inference_mode or autocast
+        with torch.inference_mode(False), torch.enable_grad(), \
+                torch.autocast(device.type, enabled=False):
+            g = torch.Generator().manual_seed(0)
+            pre = torch.randn(T, B, H, generator=g)
+            u = torch.rand(H, generator=g) * 2.4 - 1.2
+            h0 = torch.rand(B, H, generator=g)
+            upstream = torch.randn(T, B, H, generator=g).to(device)
+            for fn in (IndRNNRecurrenceTriton.apply, IndRNNRecurrence.apply):
+                leaves = [t.to(device).requires_grad_() for t in (pre, u, h0)]
+                h = fn(*leaves)
+                grads = torch.autograd.grad((h * upstream).sum(), leaves)
+                results.append([h, *grads])
+    except Exception as e:  # noqa: BLE001 - any failure of the kernel means: use the loop
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
+        return f"failed ({type(e).__name__}: {msg})"
+    names = ("h", "grad pre", "grad u", "grad h0")
+    bad = [n for n, a, b in zip(names, *results)
+           if not torch.allclose(a, b, rtol=1e-4, atol=1e-5)]
+    return f"disagrees with the loop ({', '.join(bad)})" if bad else None
+
+
+def _use_triton(x, forced):
+    """Whether indrnn_recurrence runs the Triton kernels for tensors like x (forced: impl was
+    "triton", else "auto" with a CUDA tensor). The first use on a device checks the kernels
+    against the loop (_check_triton); on failure it warns once and the verdict (loop) is cached.
+    Raises: ValueError if forced and triton is missing, or x is on CPU without TRITON_INTERPRET=1.
+    """
+    import warnings
+    try:
+        interpret = _triton_interpret()
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
+        if forced:
+            raise ValueError(f"impl='triton' needs the triton package (pip install triton): "
+                             f"{type(e).__name__}") from None
+        if not isinstance(e, ImportError) and "import" not in _TRITON_OK:
+            warnings.warn(f"IndRNN: import triton failed ({type(e).__name__}); using the loop",
+                          RuntimeWarning, stacklevel=3)
+        _TRITON_OK["import"] = False
+        return False
+    if x.device.type != "cuda" and not interpret:
+        raise ValueError(f"impl='triton' runs on CUDA tensors, or on {x.device.type} tensors only "
+                         f"under TRITON_INTERPRET=1; use impl='loop' or 'auto'")
+    key = (str(x.device), interpret)
+    if key not in _TRITON_OK:
+        reason = _check_triton(x.device)
+        if reason is not None:
+            warnings.warn(f"IndRNN Triton kernel {reason} on {x.device}; using the loop",
+                          RuntimeWarning, stacklevel=3)
+        _TRITON_OK[key] = reason is None
+    return _TRITON_OK[key]
+
+
+def recurrence_impl(device):
+    """"triton" or "loop": what indrnn_recurrence(impl="auto") runs on `device` (runs the
+    first-use check on CUDA)."""
+    x = torch.empty(0, device=device)
+    return "triton" if x.is_cuda and _use_triton(x, False) else "loop"
+
+
+class SeqBatchNorm(nn.Module):
+    """Batch normalisation of a sequence (T, B, H) -> (T, B, H), the BN between IndRNN layers
+    (CVPR sections 3.2 and 4).
+
+    Args:
+        hidden_size: H.
+        frames: None: statistics over time and batch, one mean / variance per unit ("BN over
+            time", any T). An int T: frame-wise, one mean / variance per (step, unit), as the
+            IndRNN authors use on PTB; the input must then have exactly T steps.
     Raises: ValueError if frame-wise and the input has another number of steps.
     """
 
@@ -129,7 +348,7 @@ class SeqBatchNorm(nn.Module):
 
 
 class IndRNN(nn.Module):
-    """One IndRNN layer (Li et al. 2018, eq. 2): h_t = relu(W x_t + u * h_{t-1} + b).
+    """One IndRNN layer (CVPR section 3, eq. 2): h_t = relu(W x_t + u * h_{t-1} + b).
 
     Each unit has one recurrent weight u_n and sees only its own past, so units are independent
     in time and their gradient through time is u_n^(T-t) times ReLU derivatives. The input
@@ -138,7 +357,7 @@ class IndRNN(nn.Module):
     Args:
         input_size: features D of x.
         hidden_size: units H.
-        seq_len: T of the constraint |u| <= mag^(1/T) (section 3.1); None: |u| <= 1.
+        seq_len: T of the constraint |u| <= mag^(1/T) (CVPR section 3.1); None: |u| <= 1.
         mag: the largest gain a unit may give its state over T steps (MAG, paper: 2).
         long_memory: initialise u ~ U(mag^(-1/T), mag^(1/T)) instead of U(0, mag^(1/T)): for the
             last layer of a network read out at the last step only, so that units keep memory
@@ -150,7 +369,11 @@ class IndRNN(nn.Module):
     Call `constrain_()` after every optimizer step to clip u to [-u_max, u_max].
     Inputs: x (T, B, input_size); h0 (B, H) or None for zeros.
     Outputs: output (T, B, H) float32, the states h_t; h_n (B, H), the last state.
-    Raises: ValueError if x is not (T, B, input_size) or h0 not (B, H).
+    Raises: ValueError for an unknown batch_norm, "frame" without seq_len, x not
+        (T, B, input_size) or h0 not (B, H).
+
+    Copy with it: IndRNNRecurrence, indrnn_recurrence, SeqBatchNorm.
+    They need only `import torch` and `import torch.nn as nn`.
     """
 
     def __init__(self, input_size, hidden_size, seq_len=None, mag=2.0, long_memory=False,
@@ -192,41 +415,48 @@ class IndRNN(nn.Module):
 
     @torch.no_grad()
     def constrain_(self):
-        """|u| <= MAG^(1/T) (section 3.1); call after each optimizer step."""
+        """|u| <= MAG^(1/T) (CVPR section 3.1); call after each optimizer step."""
         self.u.clamp_(-self.u_max, self.u_max)
 
 
 def shared_dropout(x, p, training):
-    """Dropout of x (T, B, H) with one mask per sequence, shared across time."""
+    """Dropout of x (T, B, H) -> (T, B, H) with one mask per sequence, the same at every step:
+    a unit is dropped for the whole sequence, rather than its state being cut at random steps.
+    p: drop rate in [0, 1); training False or p == 0 returns x itself."""
     if not training or p == 0:
         return x
     mask = F.dropout(x.new_ones(1, x.shape[1], x.shape[2]), p, training=True)  # (1, B, H)
     return x * mask
 
 
-@contextlib.contextmanager
-def _frozen_running_stats(*modules):
-    """Batch norms in `modules` do not update running statistics (momentum 0) inside the block:
-    the recomputation of a checkpointed layer must not count its batch twice."""
-    bns = [m for module in modules for m in module.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, v in zip(bns, saved):
+class _FrozenRunningStats:
+    """Context manager: inside the block, the batch norms in `modules` do not update their
+    running statistics (momentum 0), so that recomputing a checkpointed layer in backward does
+    not count its batch twice. With no modules it does nothing. A class with __enter__ / __exit__
+    rather than contextlib.contextmanager, so that the model section needs torch alone."""
+
+    def __init__(self, *modules):
+        self.bns = [m for module in modules for m in module.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [m.momentum for m in self.bns]
+        for m in self.bns:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc):
+        for m, v in zip(self.bns, self.saved):
             m.momentum = v
+        return False  # exceptions propagate
 
 
 class DeepIndRNN(nn.Module):
-    """A stack of IndRNN layers, plain or residual.
+    """A stack of IndRNN layers, plain or residual (CVPR section 3.2, multiple-layer IndRNN).
 
-    Plain (CVPR section 4, Deep IndRNN Fig. 3a): every layer is W - BN - recurrence + ReLU,
-    followed by dropout with a mask shared across time.
-    Residual (Deep IndRNN Fig. 3b): a first IndRNN layer, then (layers - 1) / 2 pre-activation
-    blocks h + F(h), F = BN - IndRNN - BN - IndRNN (dropout after each IndRNN).
+    Plain (CVPR sections 3.2 and 4, Deep IndRNN Fig. 3a): every layer is W - BN - recurrence +
+    ReLU, followed by dropout with a mask shared across time.
+    Residual (CVPR section 3.2, Deep IndRNN Fig. 3b): a first IndRNN layer, then (layers - 1) / 2
+    pre-activation blocks h + F(h), F = BN - IndRNN - BN - IndRNN (dropout after each IndRNN).
     (Net adds the batch norm of the last layer's output, at the read-out.)
 
     Args:
@@ -239,9 +469,15 @@ class DeepIndRNN(nn.Module):
         long_memory: long-memory initialisation of the last layer's u (for last-step read-out).
         grad_checkpoint: recompute each layer's forward pass during backward
             (torch.utils.checkpoint); only the layer inputs are kept.
+    Call `constrain_()` after every optimizer step (clips every layer's u, CVPR section 3.1).
     Inputs: x (T, B, D); states: list of h0 (B, H) per layer, or None.
     Outputs: output (T, B, H); states: list of h_n (B, H) per layer.
-    Raises: ValueError for an even residual depth or bad input shapes.
+    Raises: ValueError for a residual depth that is not 3, 5, 7, ..., or bad input shapes.
+
+    Copy with it: IndRNN, IndRNNRecurrence, indrnn_recurrence, SeqBatchNorm, shared_dropout,
+    _FrozenRunningStats.
+    They need only `import torch`, `import torch.nn as nn`, `import torch.nn.functional as F`
+    and `from torch.utils.checkpoint import checkpoint`.
     """
 
     def __init__(self, input_size, hidden_size, layers, residual=False, dropout=0.0,
@@ -275,19 +511,18 @@ class DeepIndRNN(nn.Module):
             if self.residual and i % 2 == 1:            # a block is layers (1, 2), (3, 4), ...
                 block_input = h
             if self.grad_checkpoint and torch.is_grad_enabled():
+                # context_fn returns (context of the forward pass, context of its recomputation
+                # in backward); checkpoint calls it at once, so it returns this layer's contexts
+                contexts = (_FrozenRunningStats(),
+                            _FrozenRunningStats(self.pre_norms[i], self.layers[i]))
                 h, h_n = checkpoint(self._layer, i, h, states[i], use_reentrant=False,
-                                    context_fn=functools.partial(self._checkpoint_contexts, i))
+                                    context_fn=lambda: contexts)
             else:
                 h, h_n = self._layer(i, h, states[i])
             if self.residual and i > 0 and i % 2 == 0:  # end of a block: h + F(h)
                 h = block_input + h
             new_states.append(h_n)
         return h, new_states
-
-    def _checkpoint_contexts(self, i):
-        """torch.utils.checkpoint's context_fn: nothing around the forward pass of layer i;
-        around its recomputation in backward, batch norms keep their running statistics."""
-        return contextlib.nullcontext(), _frozen_running_stats(self.pre_norms[i], self.layers[i])
 
     def constrain_(self):
         """Clips every layer's u (call after each optimizer step)."""
@@ -298,9 +533,18 @@ class DeepIndRNN(nn.Module):
 class Net(nn.Module):
     """The recurrent network of `model` plus a linear read-out, for every task of this script.
 
+    Args:
+        model: one of MODELS: "indrnn", "res-indrnn" (DeepIndRNN, plain or residual), "lstm"
+            (nn.LSTM) or "irnn" (nn.RNN with ReLU, W_hh = I, Le et al. 2015).
+        n_in, n_out: input features (or vocabulary) and outputs (classes, vocabulary, 1).
+        hidden_size, layers: H and the number of recurrent layers.
+        per_step: a read-out at every step (language modelling) or at the last step only; the
+            last IndRNN layer gets the long-memory initialisation when only the last step counts.
+        indrnn_kwargs: passed to DeepIndRNN (dropout, batch_norm, seq_len, mag, ...).
     Inputs: x (T, B) long tokens (one-hot encoded to n_in) or (T, B, n_in) floats; state from
         the previous call (carried across batches in language modelling) or None.
     Outputs: logits (T, B, n_out) if per_step else (B, n_out) from the last step; new state.
+    Raises: ValueError for an unknown model (and whatever DeepIndRNN raises).
     """
 
     def __init__(self, model, n_in, n_out, hidden_size, layers, per_step, **indrnn_kwargs):
@@ -350,6 +594,180 @@ def detach_state(state):
     if state is None or isinstance(state, torch.Tensor):
         return None if state is None else state.detach()
     return type(state)(detach_state(s) for s in state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: NTU RGB+D skeletons (CVPR section 4.4), the one task only this script uses; every other
+# task comes from tasks.make_task. The data needs registration with its owners, so nothing here
+# downloads it: the loader parses the official `.skeleton` text files once and caches arrays.
+
+NTU_URL = "https://rose1.ntu.edu.sg/dataset/actionRecognition/"
+NTU_ZIP = "nturgbd_skeletons_s001_to_s017.zip"
+# Shahroudy et al. 2016, section 4: the 20 training subjects of the cross-subject protocol; the
+# cross-view protocol trains on cameras 2 and 3 and tests on camera 1.
+NTU_CS_TRAIN_SUBJECTS = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
+NTU_CV_TRAIN_CAMERAS = {2, 3}
+
+
+def parse_skeleton(path, bodies=2, joints=25):
+    """Parses one official NTU RGB+D `.skeleton` file.
+
+    The format (one number group per line): frame count; then per frame a body count and per
+    body a line of 10 body fields (bodyID first), a joint count and one line of 12 fields per
+    joint (x y z in metres first). Keeps the `bodies` bodyIDs tracked in the most frames, in order
+    of first appearance; an absent body is zeros.
+
+    Returns:
+        FloatTensor (n_frames, bodies * joints * 3): x, y, z in metres of every joint of every
+        body.
+    Raises:
+        tasks.DataError: if the file does not follow the format (the message names the file and
+        line).
+    """
+    with open(path) as f:
+        lines = f.read().split("\n")
+    pos = 0
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return lines[pos - 1].split()
+    frames = []  # per frame: {bodyID: (joints, 3) list}
+    try:
+        for _ in range(int(take()[0])):
+            frame = {}
+            for _ in range(int(take()[0])):
+                body_id = take()[0]
+                coords = [[float(v) for v in take()[:3]] for _ in range(int(take()[0]))]
+                if len(coords) != joints:
+                    raise ValueError(f"{len(coords)} joints, expected {joints}")
+                frame[body_id] = coords
+            frames.append(frame)
+    except (ValueError, IndexError) as e:
+        raise tasks.DataError(f"{path}: not an NTU RGB+D .skeleton file near line {pos} ({e})") \
+            from e
+    counts = {}
+    for frame in frames:
+        for body_id in frame:
+            counts[body_id] = counts.get(body_id, 0) + 1
+    keep = sorted(counts, key=lambda b: -counts[b])[:bodies]    # the most tracked bodies ...
+    keep = [b for b in counts if b in keep]                     # ... in order of appearance
+    out = torch.zeros(len(frames), bodies, joints, 3)
+    for t, frame in enumerate(frames):
+        for slot, body_id in enumerate(keep):
+            if body_id in frame:
+                out[t, slot] = torch.tensor(frame[body_id])
+    return out.reshape(len(frames), bodies * joints * 3)
+
+
+def load_ntu(data_dir):
+    """All NTU RGB+D 60 skeleton sequences as one cached dict, parsed on first use.
+
+    Reads `<data_dir>/ntu/nturgb+d_skeletons/S###C###P###R###A###.skeleton` and caches
+    `<data_dir>/ntu/skeletons.pt`: frames (F, 150) float16 in metres, centred on the mean
+    base-of-spine joint of the first body; offsets (N+1,) into frames; label (N,) 0..59;
+    subject, camera (N,); names, the N file names.
+    Raises: tasks.DataError saying what to obtain and where to put it when the files are missing.
+    """
+    folder = os.path.join(data_dir, "ntu")
+    cache = os.path.join(folder, "skeletons.pt")
+    if os.path.exists(cache):
+        return torch.load(cache)
+    src = os.path.join(folder, "nturgb+d_skeletons")
+    names = sorted(n for n in os.listdir(src) if n.endswith(".skeleton")) \
+        if os.path.isdir(src) else []
+    if not names:
+        raise tasks.DataError(
+            f"NTU RGB+D skeletons are missing: no .skeleton files in {os.path.abspath(src)}. The "
+            f"data needs registration: request it at {NTU_URL}, download {NTU_ZIP} (NTU RGB+D 60, "
+            f"3D skeletons) and unzip it into {os.path.abspath(folder)} so that files such as "
+            f"{os.path.join(src, 'S001C001P001R001A001.skeleton')} exist. The first run parses "
+            f"them once into {cache}.")
+    seqs, meta = [], []
+    for name in names:
+        x = parse_skeleton(os.path.join(src, name))             # (n, 150)
+        first = x[:, :3]                                        # base of spine, first body
+        present = first.abs().sum(1) > 0
+        if present.any():
+            centre = first[present].mean(0).repeat(50)          # (150,)
+            x = torch.where(x != 0, x - centre, x)              # absent joints stay zero
+        seqs.append(x.half())
+        meta.append([int(name[i + 1:i + 4]) for i in (0, 4, 8, 12, 16)])  # S C P R A
+    meta = torch.tensor(meta)
+    lengths = torch.tensor([0] + [len(s) for s in seqs])
+    data = dict(frames=torch.cat(seqs), offsets=lengths.cumsum(0), label=meta[:, 4] - 1,
+                subject=meta[:, 2], camera=meta[:, 1], names=names)
+    tasks.save_checkpoint(cache, data)
+    return data
+
+
+class NTUTask(tasks.EpochShuffle):
+    """NTU RGB+D 60 action recognition from 3D skeletons, `frames` frames per sequence (CVPR
+    section 4.4), with the interface of the tasks in tasks.py.
+
+    Each sequence is cut into `frames` equal segments; training takes a random frame from each
+    (fresh every epoch), evaluation the middle frame. Batches: x (frames, B, 150) float, x, y, z
+    in metres of 25 joints of two bodies (the second zero if absent); y (B,) labels 0..59.
+    Protocol "cs" (cross-subject) or "cv" (cross-view); 5% of the training set (seed
+    tasks.SPLIT_SEED) is held out for validation.
+    Raises: ValueError for another protocol; tasks.DataError if the data is missing (load_ntu).
+    """
+
+    def __init__(self, protocol, batch_size, data_dir, seed, frames=20):
+        if protocol not in ("cs", "cv"):
+            raise ValueError(f"NTU protocol must be 'cs' or 'cv', got {protocol!r}")
+        d = load_ntu(data_dir)
+        self.frames_all, self.offsets = d["frames"], d["offsets"]
+        self.batch_size, self.seed, self.seq_len = batch_size, seed, frames
+        self.kind, self.n_in, self.n_out = "classify", 150, 60
+        if protocol == "cs":
+            train = torch.tensor([int(s) in NTU_CS_TRAIN_SUBJECTS for s in d["subject"]])
+        else:
+            train = torch.tensor([int(c) in NTU_CV_TRAIN_CAMERAS for c in d["camera"]])
+        train_idx, test_idx = train.nonzero().squeeze(1), (~train).nonzero().squeeze(1)
+        train, valid = tasks.holdout(len(train_idx))
+        n_val = len(valid)
+        self.index = {"train": train_idx[train], "valid": train_idx[valid], "test": test_idx}
+        self.label = d["label"]
+        self.description = (
+            f"ntu ({'cross-subject' if protocol == 'cs' else 'cross-view'}): {frames} frames per "
+            f"sequence (random frame per segment in training, middle frame in evaluation), 150 "
+            f"features (2 bodies x 25 joints x xyz); train {len(self.index['train'])} / valid "
+            f"{n_val} (5%, seed {tasks.SPLIT_SEED}) / test {len(test_idx)}; metric accuracy")
+
+    def _batch(self, idx, generator=None):
+        start, n = self.offsets[idx], self.offsets[idx + 1] - self.offsets[idx]  # (B,), (B,)
+        seg = torch.arange(self.seq_len + 1)[:, None] * n[None] / self.seq_len   # (S+1, B)
+        pos = torch.rand(self.seq_len, len(idx), generator=generator) if generator else 0.5
+        t = (seg[:-1] + pos * (seg[1:] - seg[:-1])).long().clamp(max=(n - 1).clamp(min=0))
+        x = self.frames_all[(start + t).clamp(max=len(self.frames_all) - 1)].float()  # (S, B, 150)
+        x[:, n == 0] = 0.0                                                        # empty files
+        return x, self.label[idx]
+
+    def train_batch(self, step):
+        """(x (frames, B, 150), y (B,)) of training step `step`, a pure function of (seed, step)."""
+        idx = self.index["train"]
+        batch = idx[self._epoch_indices(len(idx), step)]
+        return self._batch(batch, tasks.step_generator(self.seed + 1, step))
+
+    def eval_batches(self, split, limit=None):
+        """Yields the fixed (x, y) batches of split "valid" or "test", its first `limit` samples
+        only if given."""
+        idx = self.index[split]
+        idx = idx if limit is None else idx[:limit]
+        for start in range(0, len(idx), self.batch_size):
+            yield self._batch(idx[start:start + self.batch_size])
+
+
+def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test_seq_len=None,
+              eval_size=1000, ntu_protocol="cs"):
+    """The task `name` of TASKS: "ntu" (NTUTask, `seq_len` frames, default 20, protocol
+    `ntu_protocol` "cs" or "cv") is built here, the others by tasks.make_task.
+    Raises: ValueError / tasks.DataError with a clear message (see tasks.make_task, NTUTask)."""
+    if name == "ntu":
+        return NTUTask(ntu_protocol, batch_size, data_dir, seed, frames=seq_len or 20)
+    return tasks.make_task(name, seq_len, batch_size, data_dir, seed, test_seq_len,
+                           eval_size=eval_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,16 +836,44 @@ PAPER = {
     ("ntu-cv", "indrnn"): "87.97 (cross-view, 6 x 512)",
 }
 
+# The paper's tables, each row once: run_all.sh runs them, `python tasks.py table results/`
+# fills them. --quick trains adding at T/10.
+TABLES = {
+    "indrnn-adding": ("IndRNN Fig. 2: adding problem, test MSE (0.167 = predicting 1)", [
+        tasks.row(f"{m}, T={T}", "adding", m, f"T{T}", f"--seq-len {T}",
+                  f"--seq-len {T // 10} --steps 20000 --time-budget 1.5",
+                  paper=PAPER[("adding", m)], metric="test_mse")
+        for m in ("indrnn", "lstm", "irnn") for T in (100, 500, 1000, 5000)]),
+    "indrnn-mnist": ("IndRNN Table 2: sequential / permuted MNIST, test accuracy (%)", [
+        tasks.row(f"{m}, {t}", t, m, "T784", quick="--time-budget 1.5", ckpt=True,
+                  paper=PAPER[(t, m)])
+        for t in ("mnist", "pmnist") for m in ("indrnn", "res-indrnn")]),
+    "indrnn-ptb": ("IndRNN Table 4: char-level PTB, test BPC", [
+        tasks.row("IndRNN 6 layers, T=50", "ptb", "indrnn", "T50", quick="--time-budget 1",
+                  paper=PAPER[("ptb", "indrnn")], metric="test_bpc"),
+        tasks.row("res-IndRNN 11 layers, T=150", "ptb", "res-indrnn", "T150",
+                  quick="--seq-len 150 --layers 3 --time-budget 1",
+                  paper=PAPER[("ptb", "res-indrnn")], metric="test_bpc")]),
+    "indrnn-ntu": ("IndRNN Table 5: NTU RGB+D, test accuracy (%)", [
+        tasks.row(f"IndRNN 6 layers, {p}", "ntu", "indrnn", f"T20-{p}", f"--ntu-protocol {p}",
+                  f"--ntu-protocol {p}", paper=PAPER[(f"ntu-{p}", "indrnn")])
+        for p in ("cs", "cv")]),
+}
+
 
 def parse_args(argv=None):
-    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS)
+    """Command line -> argparse.Namespace: the shared flags of tasks.common_parser plus IndRNN's;
+    every option left unset takes the value of DEFAULTS < TASK_DEFAULTS < MODEL_DEFAULTS < QUICK
+    (with --quick). Exits with status 2 and a message for inconsistent options."""
+    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS,
+                            tasks.defaults_epilog(DEFAULTS, TASK_DEFAULTS, QUICK, MODEL_DEFAULTS))
     p.add_argument("--mag", type=tasks.positive_float,
                    help="MAG of the recurrent weight constraint |u| <= MAG^(1/T)")
-    p.add_argument("--dropout", type=float, help="time-shared dropout after each layer")
+    p.add_argument("--dropout", type=tasks.fraction, help="time-shared dropout after each layer")
     p.add_argument("--bn", choices=["time", "frame", "none"],
                    help="batch norm between layers: over time and batch, frame-wise, or none")
-    p.add_argument("--weight-decay", type=float, help="L2 on weights (never on u, biases, BN)")
-    p.add_argument("--clip-value", type=float, help="clip each gradient value to +-this (0: off)")
+    p.add_argument("--weight-decay", type=tasks.nonneg_float, help="L2 on weights (never on u, biases, BN)")
+    p.add_argument("--clip-value", type=tasks.nonneg_float, help="clip each gradient value to +-this (0: off)")
     p.add_argument("--lr-drop-every", type=tasks.nonneg_int,
                    help="divide the lr by 10 every N steps (0: never; ptb: / 5 on plateau)")
     p.add_argument("--input-std", type=tasks.positive_float,
@@ -435,8 +881,10 @@ def parse_args(argv=None):
     p.add_argument("--ntu-protocol", choices=["cs", "cv"], default="cs",
                    help="NTU RGB+D: cross-subject or cross-view")
     args = p.parse_args(argv)
-    args.seq_len_given, args.batch_size_given = args.seq_len is not None, args.batch_size is not None
-    cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task], **MODEL_DEFAULTS.get((args.model, args.task), {}),
+    args.seq_len_given = args.seq_len is not None
+    args.batch_size_given = args.batch_size is not None
+    cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task],
+           **MODEL_DEFAULTS.get((args.model, args.task), {}),
            **(QUICK[args.task] if args.quick else {})}
     if args.task == "ntu" and args.ntu_protocol == "cv":
         cfg["dropout"] = 0.1
@@ -447,6 +895,7 @@ def parse_args(argv=None):
     for k, v in cfg.items():  # command line wins over task defaults
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    tasks.check_args(p, args)
     if args.bn == "none":
         args.bn = None
     if args.task in ("mnist", "pmnist") and args.seq_len != 784:
@@ -457,12 +906,18 @@ def parse_args(argv=None):
         p.error("--grad-checkpoint applies to indrnn and res-indrnn (nn.LSTM / nn.RNN are fused)")
     if not 0 <= args.dropout < 1:
         p.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.test_seq_len and args.task != "adding":
+        p.error(f"--test-seq-len: only adding can be tested at another T, not {args.task}")
+    if args.test_seq_len and args.bn == "frame" and args.test_seq_len != args.seq_len:
+        p.error("--test-seq-len: frame-wise batch norm (--bn frame) has statistics for the "
+                "training T only")
     args.tag = args.tag or (f"T{args.seq_len}" + (f"-{args.ntu_protocol}" if args.task == "ntu"
                                                     else "") + ("-quick" if args.quick else ""))
     return args
 
 
 def build_model(args, task):
+    """Net for the parsed options and a task (its n_in, n_out and kind)."""
     kw = {}
     if args.model in ("indrnn", "res-indrnn"):
         kw = dict(dropout=args.dropout, batch_norm=args.bn, seq_len=args.seq_len, mag=args.mag,
@@ -499,12 +954,18 @@ def run_benchmark(args, device, amp_dtype):
     """Forward+backward time of one IndRNN layer (input projection + recurrence) against nn.LSTM
     of the same size in the same run, and the plain autograd loop for reference. Two input
     sizes: D = H (a layer inside a deep network) and D = 2 (the adding problem, where the Deep
-    IndRNN paper measured its speed-ups)."""
+    IndRNN paper measured its speed-ups). Prints which recurrence the IndRNN rows run
+    (recurrence_impl: the Triton kernel on CUDA, with a row for the loop Function beside it, or
+    the loop), then a Markdown table: milliseconds per batch, speed-up over nn.LSTM, and MiB
+    (peak CUDA memory, or tensors saved for backward on CPU)."""
     B = args.batch_size if args.batch_size_given else 100  # the issue's setting: B=100, H=128
     H = args.hidden_size
     lengths = [args.seq_len] if args.seq_len_given else [784, 1000, 5000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: one layer, B={B}, "
           f"H={H}, forward + backward of sum(output), amp={amp_dtype}")
+    impl = recurrence_impl(device)  # what the IndRNN rows run: the Triton kernel or the loop
+    print(f"IndRNN recurrence: {impl}" + (" (one fused Triton kernel forward, one backward)"
+          if impl == "triton" else " (IndRNNRecurrence, a loop of element-wise ops per step)"))
     mem_name = "peak CUDA MiB" if device.type == "cuda" else "saved-for-backward MiB"
     print(f"| D | T | layer | ms / batch | speed-up over nn.LSTM | {mem_name} |\n"
           f"|---|---|---|---|---|---|")
@@ -524,7 +985,12 @@ def run_benchmark(args, device, amp_dtype):
                     h = torch.relu(pre[t] + layer.u * h)
                     out.append(h)
                 return torch.stack(out), None
+            def step_loop(x):  # the loop Function, for comparison when IndRNN runs Triton
+                pre = layer.input(x)
+                return indrnn_recurrence(pre, layer.u, x.new_zeros(B, H), impl="loop"), None
             runs = [("nn.LSTM", lstm), ("IndRNN", layer), ("IndRNN, autograd loop", plain_loop)]
+            if impl == "triton":
+                runs.insert(2, ("IndRNN, loop Function", step_loop))
             if T <= 1000:  # the naive loop's backward is quadratic in T
                 runs.append(("IndRNN, naive loop indexing pre[t]", naive_loop))
             lstm_sec = None
@@ -542,18 +1008,19 @@ def run_benchmark(args, device, amp_dtype):
 
 
 def main(argv=None):
+    """Trains one model on one task (tasks.Run: resume, checkpoints, Ctrl-C, lock), then tests
+    the best validation checkpoint, writes <out-dir>/indrnn-<task>-<model>-<tag>[-test<T>].json
+    and returns that record (a dict). With --benchmark, runs run_benchmark and returns None.
+    Raises SystemExit with a one-line message for missing data, a refused run or divergence."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = tasks.pick_device(args.device)
-    amp_dtype, use_scaler = tasks.amp_settings(args.amp, device)
-    torch.manual_seed(args.seed)
+    device, amp_dtype, use_scaler = tasks.setup(args)
     if args.benchmark:
         return run_benchmark(args, device, amp_dtype)
+    tasks.Run.preflight("indrnn.py", args)  # refusals before any data is loaded
     try:
-        task = tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
-                               args.test_seq_len, eval_size=args.eval_size,
-                               ntu_protocol=args.ntu_protocol)
+        task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
+                         args.test_seq_len, eval_size=args.eval_size,
+                         ntu_protocol=args.ntu_protocol)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
     model = build_model(args, task).to(device)
@@ -563,54 +1030,21 @@ def main(argv=None):
     else:                  # lr / 10 every lr_drop_every steps
         sched = torch.optim.lr_scheduler.StepLR(opt, args.lr_drop_every or 10**12, gamma=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    metric, larger_is_better = tasks.SELECT[task.kind]
     constrain = getattr(model.rnn, "constrain_", lambda: None)  # IndRNN models only
+    # the carried hidden state of language modelling lives in run.extra so that a resumed run
+    # continues with it (the windows of PTB are contiguous)
+    run = tasks.Run("indrnn.py", args, task, model, dict(opt=opt, sched=sched, scaler=scaler),
+                    device, argv, extra=dict(state=None))
 
-    name = f"indrnn-{args.task}-{args.model}-{args.tag}"
-    last_path = os.path.join(args.out_dir, "ckpt", name + ".pt")
-    best_path = os.path.join(args.out_dir, "ckpt", name + "-best.pt")
-    step, best, history, elapsed = 0, None, [], 0.0
-    if args.resume:
-        if not os.path.exists(last_path):
-            raise SystemExit(f"error: no checkpoint {last_path} to resume from (check --task, "
-                             f"--model, --tag / --seq-len / --quick and --out-dir)")
-        ck = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        scaler.load_state_dict(ck["scaler"])
-        tasks.set_rng_state(ck["rng"])
-        step, best, history, elapsed = ck["step"], ck["best"], ck["history"], ck["elapsed"]
-
-    print(f"== indrnn.py | task: {task.description}")
-    print(f"== config: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
-    print(f"== device: {device} ({tasks.hardware(device)}), amp={amp_dtype}, seed={args.seed}, "
-          f"params={sum(p.numel() for p in model.parameters()):,}"
-          + (f", resumed at step {step}" if step else ""))
-
-    def save_last():
-        tasks.save_checkpoint(last_path, dict(
-            model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
-            scaler=scaler.state_dict(), rng=tasks.rng_state(), step=step, best=best,
-            history=history, elapsed=elapsed, config=vars(args)))
-
-    from tqdm import tqdm
-    t_start = time.time() - elapsed
-    bar = tqdm(total=args.steps, initial=step, disable=step >= args.steps, mininterval=5,
-               desc=name, dynamic_ncols=True)
-    state = None  # carried across batches in language modelling (the windows are contiguous)
-    while step < args.steps:
-        x, y = (v.to(device) for v in task.train_batch(step))
-        if task.kind == "lm" and random.Random(args.seed * 1_000_003 + step).random() < 0.1:
+    while run.training():
+        x, y = (v.to(device) for v in task.train_batch(run.step))
+        state = run.extra["state"]
+        if task.kind == "lm" and random.Random(args.seed * 1_000_003 + run.step).random() < 0.1:
             state = None  # the authors reset the carried state with probability 1/10 per batch
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out, state = model(x, detach_state(state) if task.kind == "lm" else None)
+        run.extra["state"] = detach_state(state) if task.kind == "lm" else None
         loss, _ = tasks.loss_and_stats(task.kind, out, y, stats=False)
-        if not torch.isfinite(loss):
-            bar.close()
-            raise SystemExit(f"error: non-finite loss {loss.item()} at step {step}; stopping. "
-                             f"The last good checkpoint is {last_path} (step "
-                             f"{history[-1]['step'] if history else 0}).")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -623,49 +1057,17 @@ def main(argv=None):
         constrain()  # |u| <= MAG^(1/T) after every update (section 3.1)
         if task.kind != "lm":
             sched.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        out_of_time = args.time_budget and time.time() - t_start > args.time_budget * 60
-        if step % args.eval_every == 0 or step == args.steps or out_of_time:
+        run.step_done(loss)
+        if run.eval_due():
             val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
             if task.kind == "lm":
-                sched.step(val[metric])
-            elapsed = time.time() - t_start
-            history.append(dict(step=step, loss=loss.item(), seconds=round(elapsed, 1),
-                                lr=opt.param_groups[0]["lr"], **val))
-            if best is None or (val[metric] > best if larger_is_better else val[metric] < best):
-                best = val[metric]
-                tasks.save_checkpoint(best_path, dict(model=model.state_dict(), step=step))
-            save_last()
-            bar.write(f"step {step}: loss {loss.item():.4f} "
-                      + " ".join(f"{k} {v:.4f}" for k, v in val.items())
-                      + f" (best {metric} {best:.4f}, {elapsed / 60:.1f} min)")
-        if out_of_time:
-            bar.write(f"time budget of {args.time_budget} min reached at step {step}")
-            break
-    bar.close()
+                sched.step(val[run.metric])
+            run.log(val, loss=loss.item(), lr=opt.param_groups[0]["lr"])
 
-    # Report the test metric at the best validation checkpoint.
-    ck = torch.load(best_path, map_location=device, weights_only=False)
-    model.load_state_dict(ck["model"])
-    test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)
-    val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
-    record = dict(
-        script="indrnn.py", config=vars(args), task=task.description,
-        metric=metric.replace("valid", "test"),
-        paper=PAPER.get((args.task + (f"-{args.ntu_protocol}" if args.task == "ntu" else ""),
-                         args.model), "UNCONFIRMED"),
-        metrics={**test, **val}, best_step=ck["step"], steps_done=step, history=history,
-        wall_seconds=elapsed, peak_memory_mb=tasks.peak_memory_mb(device), device=str(device),
-        hardware=tasks.hardware(device), torch=torch.__version__, git_commit=tasks.git_commit(),
-        command="python indrnn.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    suffix = f"-test{args.test_seq_len}" if args.test_seq_len not in (None, args.seq_len) else ""
-    path = tasks.write_results(os.path.join(args.out_dir, name + suffix + ".json"), record)
-    print(f"== test at best validation step {ck['step']}: "
-          + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {record['paper']}")
-    print(f"== wrote {path}")
-    return record
+    # Test at the best validation checkpoint.
+    key = args.task + (f"-{args.ntu_protocol}" if args.task == "ntu" else "")
+    return run.finish(lambda split, limit: evaluate(model, task, split, device, amp_dtype, limit),
+                      paper=PAPER.get((key, args.model), "UNCONFIRMED"))
 
 
 def cli(argv=None):
@@ -685,6 +1087,9 @@ def cli(argv=None):
                                  "--model", "lstm", "--threads", "1"], stdout=f, stderr=f)
         try:
             records = [main(argv + ["--model", "indrnn", "--threads", "1"])]
+        except BaseException:  # Ctrl-C, SIGTERM, an error: stop the side-by-side run too
+            lstm.terminate()   # (it writes its checkpoint and prints how to resume)
+            raise
         finally:
             lstm.wait()
     if lstm.returncode != 0:

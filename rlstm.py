@@ -6,8 +6,8 @@
     python rlstm.py --task pmnist --model plstm --bptt 0 --aux-bptt 0   # p-LSTM Full BP
     python rlstm.py --benchmark                                 # time and memory at T = 1k/4k/16k
 
-The model classes (`TokenEmbedding`, `MainNet`, `AuxDecoder`, `draw_anchors`, `aux_windows`) need
-torch alone and can be copied into other code.
+The model is one module, `RLSTM`: forward(x, y) returns (supervised loss, auxiliary loss). It needs
+torch alone and can be copied into other code with the helpers its docstring lists.
 Models (`--model`):
     rlstm  main LSTM + decoder that reconstructs the --aux-len elements before a random anchor
            (scheduled sampling), section 3
@@ -17,39 +17,52 @@ Truncation (section 3, Table 2): the supervised loss is backpropagated through t
 steps of the main LSTM and the auxiliary loss through the --aux-bptt steps before each anchor
 (300 and 300: the "Truncate300" rows; --bptt 0 --aux-bptt 0: the "Full BP" rows).
 """
+import csv
 import math
 import os
-import sys
-import time
+import struct
+import tarfile
+import warnings
+import zlib
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import tasks  # data, metrics, checkpoints and results; the model classes below do not need it
+import tasks  # shared data, metrics, checkpoints and results; the model below does not need it
 
 # ----------------------------------------------------------------------------------------------
-# Model: needs torch alone.
+# Model: needs torch alone. Notation (ours; section 3 and Figure 2 of the paper say it in words):
+#   x_0 .. x_{T-1}   the input sequence, time-major tensors (T, B, C): C tokens per step
+#   s_t = (h_t, c_t) the main LSTM's state after reading x_0 .. x_{t-1} (s_0 = 0), each (B, H)
+#   L_sup = CE(head(h_T), y), gradient through the last `bptt` inputs only
+#   a                an anchor, drawn uniformly for every sequence and batch (`draw_anchors`)
+#   w_0 .. w_{L-1}   the auxiliary window: r-LSTM x_{a-L} .. x_{a-1}, p-LSTM x_{a-1} .. x_{a+L-2}
+#   L_aux = mean over anchors, samples, k = 1..L-1 and channels of -log p(w_k | s_a, w'_0..w'_{k-1})
+#           where w' are the fed inputs (w, or the decoder's own samples: scheduled sampling),
+#           gradient through the `aux_bptt` inputs before each anchor only
+#   training: L_aux alone for the pretraining epochs, then L_sup + L_aux
 
 
 class TokenEmbedding(nn.Module):
     """Embeds C channels of tokens per step and sums them (CIFAR-10: R, G and B pixel values).
 
     Inputs: x, LongTensor (T, B, C) of values in [0, vocab). Output: (T, B, dim).
+    Raises: ValueError if x is not (T, B, C).
     """
 
     def __init__(self, vocab, channels, dim):
         super().__init__()
         self.vocab, self.channels = vocab, channels
-        self.table = nn.Embedding(vocab * channels, dim)
+        self.table = nn.Embedding(vocab * channels, dim)  # one table per channel, side by side
         self.register_buffer("offset", torch.arange(channels) * vocab, persistent=False)
 
     def forward(self, x):
         if x.dim() != 3 or x.shape[2] != self.channels:
             raise ValueError(f"TokenEmbedding expects tokens of shape (T, B, {self.channels}), "
                              f"got {tuple(x.shape)}")
-        return self.table(x + self.offset).sum(2)
+        return self.table(x + self.offset).sum(2)  # (T, B, C, dim) -> (T, B, dim)
 
 
 def _lstm_run(lstm, x, h, c, checkpoint_every=0):
@@ -65,6 +78,8 @@ def _lstm_run(lstm, x, h, c, checkpoint_every=0):
 
 
 def _lstm_final(lstm, x, h, c):
+    """nn.LSTM over x (S, B, D) from (h, c), each (B, H) (cast to x's dtype for autocast);
+    returns the final (h, c), each (B, H)."""
     _, (h, c) = lstm(x, (h[None].to(x.dtype), c[None].to(x.dtype)))
     return h[0], c[0]
 
@@ -95,6 +110,8 @@ class MainNet(nn.Module):
         logits: (B, n_classes), or None if not supervised.
         anchor_state: (h, c), each (N, B, H), the LSTM state after reading x[0..a-1] at every
             anchor a; None if anchors is None.
+    Raises: ValueError for inputs of the wrong shape or type (see `TokenEmbedding`), or if
+        neither supervised nor anchors leaves anything to compute.
     """
 
     block = 1024  # steps per nn.LSTM call in the no-gradient pass
@@ -109,6 +126,7 @@ class MainNet(nn.Module):
                                   nn.Linear(ffn, n_classes))
 
     def _embed(self, x):
+        """(S, B, C) tokens or (S, B, embed) floats -> (S, B, embed)."""
         if x.dtype == torch.long:
             if self.embed is None:
                 raise ValueError("this MainNet has vocab=0: it takes float inputs (T, B, embed)")
@@ -121,105 +139,138 @@ class MainNet(nn.Module):
     @torch.no_grad()
     def states_at(self, x, pos):
         """LSTM states without gradient. x: (T, B, ...) inputs; pos: LongTensor (N, B) in [0, T].
-        Returns (h, c), each (N, B, H): the state after reading x[0..pos-1] (zeros at pos 0).
-        One forward pass over x[0 .. max(pos)), split at the distinct positions and into blocks
-        of at most `block` steps."""
+        Returns (h, c), each (N, B, H): the state s_pos after reading x[0..pos-1] (zeros at
+        pos 0), in the parameters' dtype. One forward pass over x[0 .. max(pos)), split at the
+        distinct positions and into blocks of at most `block` steps."""
         B, H = x.shape[1], self.hidden_size
+        dtype = self.lstm.weight_hh_l0.dtype  # float32 under autocast too (the LSTM runs in half)
         stops = [p for p in pos.unique().tolist() if p > 0]
-        h = c = torch.zeros(B, H, device=x.device)
+        h = c = torch.zeros(B, H, device=x.device, dtype=dtype)                # s_0 = 0, (B, H)
         hs, cs, t = [h], [c], 0
-        for p in stops:
+        for p in stops:  # s_p from s_t: the inputs x[t .. p-1]
             for s in range(t, p, self.block):  # blocks: transient memory independent of T
                 h, c = _lstm_final(self.lstm, self._embed(x[s:min(s + self.block, p)]), h, c)
-            hs.append(h.float())
-            cs.append(c.float())
+            hs.append(h.to(dtype))
+            cs.append(c.to(dtype))
             t = p
+        # the state of (n, b) is number `where[n, b]` of [s_0, s_stop1, s_stop2, ...]
         where = torch.searchsorted(torch.tensor([0] + stops, device=pos.device), pos)  # (N, B)
-        cols = torch.arange(B, device=x.device).expand_as(pos)
+        cols = torch.arange(B, device=x.device).expand_as(pos)                          # (N, B)
+        # stacked: (1 + len(stops), B, H); gathered: (N, B, H)
         return torch.stack(hs)[where, cols], torch.stack(cs)[where, cols]
 
     def window(self, x, ends, K, init):
-        """LSTM states at `ends` with gradient reaching only the K inputs before each end.
+        """LSTM states at `ends` with gradient reaching only the K inputs before each end: the
+        truncated backpropagation of section 3 (Figure 2: the auxiliary loss's gradients are
+        truncated "to keep the overall cost of BPTT constant"), for the supervised loss
+        (ends = T) and the auxiliary loss (ends = anchors).
+
+        The N*B windows x[e-K .. e-1] are gathered into one batch and run from the detached states
+        s_{e-K}, so the gradient stops there exactly. A window with e < K starts at t = 0, from the
+        zero state s_0, K - e steps into the batch.
 
         Args:
             x: (T, B, C) tokens or (T, B, embed) floats.
             ends: LongTensor (N, B) in [1, T].
             K: window length in steps (>= 1).
-            init: (h, c), each (N, B, H): the states after reading x[0..max(end-K, 0)-1], e.g.
-                from `states_at` (they are used detached).
-        Returns: (h, c), each (N, B, H).
+            init: (h, c), each (N, B, H): the states s_{max(end-K, 0)}, i.e. after reading
+                x[0..max(end-K, 0)-1], e.g. from `states_at` (they are used detached).
+        Returns: (h, c), each (N, B, H): the states s_end, differentiable w.r.t. x[end-K .. end-1]
+            and the LSTM's parameters (and the embedding's).
         """
         N, B = ends.shape
-        K = min(K, int(ends.max()))
-        idx = ends.unsqueeze(-1) - K + torch.arange(K, device=ends.device)  # (N, B, K)
-        start = (-idx[..., 0]).clamp(min=0).reshape(-1)  # windows that begin at t = 0 start late
-        cols = torch.arange(B, device=ends.device).view(1, B, 1).expand(N, B, K)
-        xs = x[idx.clamp(min=0).permute(2, 0, 1), cols.permute(2, 0, 1)]  # (K, N, B, ...)
-        xs = self._embed(xs.reshape(K, N * B, *x.shape[2:]))               # (K, N*B, embed)
-        h, c = (s.detach().reshape(N * B, -1).to(xs.dtype) for s in init)
+        K = min(K, int(ends.max()))  # no window needs to be longer than the longest prefix
+        # idx[n, b, k] = e - K + k, k = 0..K-1, e = ends[n, b]: the positions of window (n, b)
+        idx = ends.unsqueeze(-1) - K + torch.arange(K, device=ends.device)   # (N, B, K)
+        # windows with e < K begin `start` = K - e steps late (at t = 0); 0 for the others
+        start = (-idx[..., 0]).clamp(min=0).reshape(-1)                       # (N*B,)
+        cols = torch.arange(B, device=ends.device).view(1, B, 1).expand(N, B, K)  # (N, B, K): b
+        # time-major gather xs[k, n, b] = x[idx[n, b, k], b]; positions < 0 read x[0], a filler
+        # that is run over and then discarded by the reset to s_0 below (so it gets no gradient)
+        xs = x[idx.clamp(min=0).permute(2, 0, 1), cols.permute(2, 0, 1)]     # (K, N, B, C or D)
+        xs = self._embed(xs.reshape(K, N * B, *x.shape[2:]))                  # (K, N*B, embed)
+        # the detached start states s_{e-K}: the truncation point of every window
+        h, c = (s.detach().reshape(N * B, -1).to(xs.dtype) for s in init)     # (N*B, H) each
+        # cut the K steps at every distinct late start, to reset those windows there
         cuts = sorted(set(start.tolist()) | {0, K})
         parts = xs.split([b - a for a, b in zip(cuts, cuts[1:])])  # split: see _lstm_run
         for cut, part in zip(cuts[1:], parts):
-            h, c = _lstm_run(self.lstm, part, h, c, self.checkpoint_every)
-            if cut < K:  # samples whose sequence starts here start from zero
-                begins = (start == cut)[:, None]
+            h, c = _lstm_run(self.lstm, part, h, c, self.checkpoint_every)     # (N*B, H) each
+            if cut < K:  # windows whose sequence starts here (t = 0) start from s_0 = 0
+                begins = (start == cut)[:, None]                               # (N*B, 1)
                 h, c = torch.where(begins, 0.0, h), torch.where(begins, 0.0, c)
-        return h.view(N, B, -1), c.view(N, B, -1)
+        return h.view(N, B, -1), c.view(N, B, -1)                              # (N, B, H) each
 
     def forward(self, x, bptt=0, anchors=None, aux_bptt=0, supervised=True):
         T, B = x.shape[:2]
         if not torch.is_grad_enabled() and anchors is None:  # evaluation: one plain pass
             zeros = torch.zeros(B, self.hidden_size, device=x.device)
-            h, _ = _lstm_final(self.lstm, self._embed(x), zeros, zeros)
+            h, _ = _lstm_final(self.lstm, self._embed(x), zeros, zeros)      # h_T, (B, H)
             return self.head(h), None
+        if not supervised and anchors is None:
+            raise ValueError("MainNet: supervised=False without anchors leaves nothing to compute")
         K_sup = T if bptt == 0 else min(bptt, T)
         K_aux = T if aux_bptt == 0 else aux_bptt
-        ends = [torch.full((1, B), T, device=x.device)] if supervised else []
+        # Every gradient window ends at a position e: T for L_sup, the anchors for L_aux.
+        ends = [torch.full((1, B), T, device=x.device)] if supervised else []  # (1, B)
         if anchors is not None:
-            ends.append(anchors)
+            ends.append(anchors)                                                # (N, B)
         Ks = [K_sup] * supervised + [K_aux] * (anchors is not None)
-        starts = torch.cat([(e - K).clamp(min=0) for e, K in zip(ends, Ks)])
+        starts = torch.cat([(e - K).clamp(min=0) for e, K in zip(ends, Ks)])   # (1 + N, B)
+        # One pass without gradient gives the states s_start where the windows begin.
         if starts.max() > 0:
-            h0, c0 = self.states_at(x, starts)
-        else:
+            h0, c0 = self.states_at(x, starts)                                 # (1 + N, B, H)
+        else:  # every window starts at t = 0 (full BPTT)
             h0 = c0 = torch.zeros(len(starts), B, self.hidden_size, device=x.device)
         logits = anchor_state = None
         i = 0
-        if supervised:
-            h, _ = self.window(x, ends[0], K_sup, (h0[:1], c0[:1]))
-            logits = self.head(h[0])
+        if supervised:  # L_sup's window: the last K_sup steps, h_T -> classifier
+            h, _ = self.window(x, ends[0], K_sup, (h0[:1], c0[:1]))           # (1, B, H)
+            logits = self.head(h[0])                                            # (B, n_classes)
             i = 1
-        if anchors is not None:
-            anchor_state = self.window(x, anchors, K_aux, (h0[i:], c0[i:]))
+        if anchors is not None:  # L_aux's windows: K_aux steps before each anchor -> s_a
+            anchor_state = self.window(x, anchors, K_aux, (h0[i:], c0[i:]))    # (N, B, H) each
         return logits, anchor_state
 
 
 def draw_anchors(kind, T, aux_len, n, batch_size, generator=None, device=None):
-    """Anchor positions, drawn independently for every sample of every batch (section 3).
+    """Anchor positions, drawn uniformly and independently for every sample of every batch
+    (section 3; Figure 2: "for each random anchor point ... we build an auxiliary loss at its
+    position").
 
-    An anchor a is the position after reading x[0..a-1]. r-LSTM reconstructs x[a-L .. a-1], so
-    a is in [L, T]; p-LSTM predicts x[a .. a+L-2] from x[a-1] on, so a is in [1, T-L+1].
-    Returns: LongTensor (n, batch_size).
+    An anchor a is the position after reading x[0..a-1] (state s_a). r-LSTM (kind "r")
+    reconstructs x[a-L .. a-1], so a is in [L, T]; p-LSTM (kind "p") predicts x[a .. a+L-2] from
+    x[a-1] on, so a is in [1, T-L+1]. L = aux_len.
+    Returns: LongTensor (n, batch_size). Uses torch's global generator unless one is given.
+    Raises: ValueError for another kind, or if 2 <= aux_len <= T does not hold.
     """
-    low, high = (aux_len, T) if kind == "rlstm" else (1, T - aux_len + 1)
+    if kind not in ("r", "p"):
+        raise ValueError(f"kind must be 'r' (r-LSTM) or 'p' (p-LSTM), got {kind!r}")
+    low, high = (aux_len, T) if kind == "r" else (1, T - aux_len + 1)
     if low > high or aux_len < 2:
-        raise ValueError(f"--aux-len {aux_len} does not fit a sequence of {T} steps (need 2 <= "
+        raise ValueError(f"aux_len {aux_len} does not fit a sequence of {T} steps (need 2 <= "
                          f"aux_len <= T)")
     return torch.randint(low, high + 1, (n, batch_size), generator=generator, device=device)
 
 
 def aux_windows(kind, x, anchors, aux_len):
-    """The subsequence each anchor's decoder works on: (L, N*B, C) tokens.
+    """The subsequence w_0 .. w_{L-1} each anchor's decoder works on (section 3, Figure 2).
 
-    r-LSTM: x[a-L .. a-1], the L elements before the anchor; p-LSTM: x[a-1 .. a+L-2], the last
-    element read and the L-1 after it. The decoder is fed element 0 and predicts elements 1..L-1.
-    x: (T, B, C) tokens; anchors: (N, B).
+    r-LSTM (kind "r"): x[a-L .. a-1], the L elements before the anchor; p-LSTM (kind "p"):
+    x[a-1 .. a+L-2], the last element read and the L-1 after it. The decoder is fed w_0 and
+    predicts w_1 .. w_{L-1}.
+    x: (T, B, C) tokens; anchors: LongTensor (N, B). Returns: (L, N*B, C), column n*B + b
+    is anchor (n, b).
+    Raises: ValueError if a window reaches outside [0, T) (anchors not from `draw_anchors`).
     """
     N, B = anchors.shape
-    first = anchors - aux_len if kind == "rlstm" else anchors - 1                   # (N, B)
+    first = anchors - aux_len if kind == "r" else anchors - 1                      # (N, B): w_0
+    if int(first.min()) < 0 or int(first.max()) + aux_len > len(x):
+        raise ValueError(f"anchors out of range for kind {kind!r}, aux_len {aux_len} and "
+                         f"T = {len(x)} (see draw_anchors)")
     idx = first.unsqueeze(0) + torch.arange(aux_len, device=x.device).view(-1, 1, 1)  # (L, N, B)
-    cols = torch.arange(B, device=x.device).view(1, 1, B).expand_as(idx)
-    return x[idx, cols].reshape(aux_len, N * B, x.shape[2])
+    cols = torch.arange(B, device=x.device).view(1, 1, B).expand_as(idx)             # (L, N, B)
+    return x[idx, cols].reshape(aux_len, N * B, x.shape[2])         # (L, N, B, C) -> (L, N*B, C)
 
 
 class AuxDecoder(nn.Module):
@@ -245,6 +296,7 @@ class AuxDecoder(nn.Module):
         state: (h, c), each (B, main_hidden): the main LSTM's state at the anchor.
         inputs: LongTensor (L-1, B, C): the fed elements (window[:-1] for teacher forcing).
     Output: logits (L-1, B, C, V), predictions of window[1:].
+    Raises: ValueError if main_hidden > hidden.
     """
 
     def __init__(self, vocab, channels, main_hidden, embed=128, hidden=256, ffn=256):
@@ -259,16 +311,18 @@ class AuxDecoder(nn.Module):
         self.out = nn.Sequential(nn.Linear(hidden, ffn), nn.ReLU(), nn.Linear(ffn, channels * vocab))
 
     def _init(self, state):
-        h, c = (F.pad(s, (0, self.pad)) for s in state)  # bottom layer: the main state
+        """(h, c) each (B, main_hidden) -> the two layers' initial states, each (1, B, hidden)."""
+        h, c = (F.pad(s, (0, self.pad)) for s in state)  # bottom layer: the main state s_a
         z = torch.zeros_like(h)                           # top layer: zero
         return (h[None], c[None]), (z[None], z[None])
 
     def _run(self, inputs, s1, s2):
-        e = self.embed(inputs)
-        o1, s1 = self.lstm1(e, tuple(s.to(e.dtype) for s in s1))
-        o2, s2 = self.lstm2(o1, tuple(s.to(o1.dtype) for s in s2))
+        """inputs (S, B, C) from the layer states s1, s2 -> logits (S, B, C, V), s1, s2."""
+        e = self.embed(inputs)                                               # (S, B, embed)
+        o1, s1 = self.lstm1(e, tuple(s.to(e.dtype) for s in s1))             # (S, B, hidden)
+        o2, s2 = self.lstm2(o1, tuple(s.to(o1.dtype) for s in s2))           # (S, B, hidden)
         L, B = inputs.shape[:2]
-        return self.out(o2).view(L, B, self.channels, self.vocab), s1, s2
+        return self.out(o2).view(L, B, self.channels, self.vocab), s1, s2  # (S, B, C, V)
 
     def forward(self, state, inputs):
         return self._run(inputs, *self._init(state))[0]
@@ -279,6 +333,7 @@ class AuxDecoder(nn.Module):
 
         state: (h, c) each (B, main_hidden); window: LongTensor (L, B, C).
         Returns: inputs (L-1, B, C) to pass to forward, and the step loop's logits (L-1, B, C, V).
+        Uses torch's global generator unless one is given.
         """
         s1, s2 = self._init(state)
         inp, inputs, logits = window[0], [window[0]], []
@@ -295,6 +350,438 @@ class AuxDecoder(nn.Module):
                 inp = torch.where(u < sample_prob, own, inp)
             inputs.append(inp)
         return torch.stack(inputs), torch.stack(logits)
+
+
+def _upcast(logits):
+    """Half-precision logits (autocast) as float32 for the cross-entropy; others unchanged."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+class RLSTM(nn.Module):
+    """r-LSTM / p-LSTM (Trinh et al. 2018): an LSTM classifier trained with an unsupervised
+    auxiliary loss at random anchors, both losses with truncated backpropagation. forward returns
+    the two losses; the training loop adds them (L_sup + L_aux, or L_aux alone to pretrain).
+
+    Section 3 and Figure 2: for every sequence, `n_anchors` anchors a are drawn at random (anew
+    at every call). kind "r" (r-LSTM): a decoder started from the main LSTM's state at a
+    reconstructs the aux_len elements before a, with scheduled sampling; kind "p" (p-LSTM): it
+    predicts the aux_len - 1 elements after a (a language-model loss); kind None: the main network
+    alone, an LSTM classifier. The supervised loss is backpropagated through the last `bptt`
+    steps, the auxiliary loss through the `aux_bptt` steps before each anchor (Table 2:
+    "Truncate300" is bptt = aux_bptt = 300, "Full BP" is 0 and 0). Memory for the gradient
+    windows is O(bptt + n_anchors * (aux_bptt + aux_len)), independent of T. Default sizes are
+    the paper's (section 4). Submodules: `main` (MainNet) and `decoder` (AuxDecoder, None for
+    kind None).
+
+    Copy with it: `MainNet`, `AuxDecoder`, `TokenEmbedding`, `draw_anchors`, `aux_windows`,
+    `_lstm_run`, `_lstm_final`, `_upcast` (imports: torch, torch.nn as nn, torch.nn.functional as
+    F, and checkpoint from torch.utils.checkpoint).
+
+    Args:
+        vocab: values per input channel V (256 for pixels); 0 for float inputs (T, B, embed),
+            for kind None only (the decoder predicts tokens).
+        n_out: classes of the supervised task.
+        channels: tokens per step C (1; 3 for RGB pixels).
+        kind: "r" (r-LSTM), "p" (p-LSTM) or None (no auxiliary loss).
+        aux_len: L, elements of every auxiliary window (600 in the paper; >= 2, <= T).
+        n_anchors: anchors per sequence (the paper's experiments: 1).
+        bptt: steps of the supervised gradient window (300; 0: full BPTT).
+        aux_bptt: steps of the auxiliary gradient window before each anchor (300; 0: to t = 0).
+        embed, hidden, ffn: embedding size (128), main LSTM units H (128) and feed-forward width
+            (256); the decoder uses the same embedding size and feed-forward width.
+        aux_hidden: units of the decoder's two LSTM layers (256; >= hidden).
+        checkpoint_every: if > 0, recompute the gradient windows in segments of this many steps
+            in backward (torch.utils.checkpoint): less memory, the same gradients.
+    Raises: ValueError for an unknown kind, aux_len < 2, n_anchors < 1, a negative bptt or
+        aux_bptt, aux_hidden < hidden, or vocab 0 with an auxiliary loss.
+
+    Inputs of forward: x, y, sample_prob=0.0, supervised=True, anchors=None
+        x: LongTensor (T, B) or (T, B, C) tokens in [0, vocab); FloatTensor (T, B, embed) if
+            vocab is 0.
+        y: LongTensor (B,) class labels; unused (may be None) if not supervised.
+        sample_prob: probability of feeding the decoder its own sample instead of the true
+            element (scheduled sampling; 0: teacher forcing).
+        supervised: False computes L_aux alone (the pretraining phase; the classifier is unused).
+        anchors: LongTensor (N, B) of anchor positions, for tests; default: `draw_anchors` with
+            torch's global generator.
+    Outputs: sup, aux, scalar mean cross-entropies in nats: sup over the B samples (None if not
+        supervised), aux over anchors, samples, the L-1 predicted steps and the C channels (None
+        for kind None).
+    Raises (forward): ValueError if aux_len does not fit T, for anchors out of range, or if kind
+        None is called with supervised=False.
+    """
+
+    def __init__(self, vocab, n_out, *, channels=1, kind="r", aux_len=600, n_anchors=1, bptt=300,
+                 aux_bptt=300, embed=128, hidden=128, ffn=256, aux_hidden=256, checkpoint_every=0):
+        super().__init__()
+        if kind not in ("r", "p", None):
+            raise ValueError(f"kind must be 'r' (r-LSTM), 'p' (p-LSTM) or None, got {kind!r}")
+        if kind and (aux_len < 2 or n_anchors < 1 or not vocab):
+            raise ValueError(f"an auxiliary loss needs aux_len >= 2, n_anchors >= 1 and token "
+                             f"inputs (vocab > 0); got {aux_len}, {n_anchors}, {vocab}")
+        if bptt < 0 or aux_bptt < 0:
+            raise ValueError(f"bptt and aux_bptt must be >= 0 (0: full BPTT), got {bptt}, "
+                             f"{aux_bptt}")
+        self.kind, self.aux_len, self.n_anchors = kind, aux_len, n_anchors
+        self.bptt, self.aux_bptt = bptt, aux_bptt
+        self.main = MainNet(vocab, channels, n_out, embed, hidden, ffn, checkpoint_every)
+        self.decoder = AuxDecoder(vocab, channels, hidden, embed, aux_hidden, ffn) if kind else None
+
+    @staticmethod
+    def _steps(x):
+        return x.unsqueeze(2) if x.dim() == 2 else x  # (T, B) tokens -> (T, B, 1)
+
+    def logits(self, x):
+        """Class logits (B, n_out) from the whole sequence x (T, B[, C]) (gradient: full BPTT)."""
+        return self.main(self._steps(x))[0]
+
+    def forward(self, x, y=None, sample_prob=0.0, supervised=True, anchors=None):
+        x = self._steps(x)                                                      # (T, B, C)
+        T, B = x.shape[:2]
+        if self.decoder is None and not supervised:
+            raise ValueError("RLSTM with kind None has no auxiliary loss: supervised=False leaves "
+                             "nothing to compute")
+        if self.decoder is None:
+            anchors = None
+        elif anchors is None:
+            anchors = draw_anchors(self.kind, T, self.aux_len, self.n_anchors, B, device=x.device)
+        logits, state = self.main(x, self.bptt, anchors, self.aux_bptt, supervised)
+        sup = F.cross_entropy(_upcast(logits), y) if supervised else None       # L_sup
+        aux = None if anchors is None else self.aux_loss(x, anchors, state, sample_prob)
+        return sup, aux
+
+    def aux_loss(self, x, anchors, state, sample_prob=0.0):
+        """L_aux: the decoder, started from the anchor states, predicts w_1 .. w_{L-1}.
+        x: (T, B, C) tokens; anchors: (N, B); state: (h, c) each (N, B, H). Returns a scalar."""
+        win = aux_windows(self.kind, x, anchors, self.aux_len)                  # (L, N*B, C)
+        st = tuple(s.reshape(-1, s.shape[-1]) for s in state)                   # (N*B, H) each
+        inputs = win[:-1]                                                       # teacher forcing
+        if sample_prob > 0:
+            inputs, _ = self.decoder.sample_inputs(st, win, sample_prob)        # (L-1, N*B, C)
+        out = self.decoder(st, inputs)                                          # (L-1, N*B, C, V)
+        return F.cross_entropy(_upcast(out).reshape(-1, out.shape[-1]), win[1:].reshape(-1))
+
+
+def rlstm_losses_reference(model, x, y, anchors, supervised=True):
+    """The losses of `RLSTM` (teacher forcing), written as plain loops for the tests: every
+    sample's supervised window and every (anchor, sample) pair's auxiliary window run one by one
+    through the model's own layers, with the truncation spelled out as a no-grad prefix.
+
+    model: an RLSTM; x: LongTensor (T, B, C); y: (B,); anchors: LongTensor (N, B).
+    Returns (sup or None, aux or None) as RLSTM.forward(x, y, 0.0, supervised, anchors).
+    """
+    main, dec = model.main, model.decoder
+    T, B, C = x.shape
+    dtype = main.lstm.weight_hh_l0.dtype
+    zero = torch.zeros(1, 1, main.hidden_size, dtype=dtype)
+
+    def state_at(b, end, K):
+        """s_end of sample b, with gradient through x[end-K .. end-1] only (K = 0: all)."""
+        start = max(end - K, 0) if K else 0
+        h, c = zero, zero
+        with torch.no_grad():  # the truncated prefix: no gradient before `start`
+            if start > 0:
+                _, (h, c) = main.lstm(main.embed(x[:start, b:b + 1]), (h, c))
+        if end > start:
+            _, (h, c) = main.lstm(main.embed(x[start:end, b:b + 1]), (h.detach(), c.detach()))
+        return h, c                                                             # (1, 1, H) each
+
+    sup = None
+    if supervised:
+        logits = torch.cat([main.head(state_at(b, T, model.bptt)[0][0]) for b in range(B)])
+        sup = F.cross_entropy(logits, y)
+    if model.kind is None:
+        return sup, None
+    L, nll, count = model.aux_len, 0.0, 0
+    for n in range(anchors.shape[0]):
+        for b in range(B):
+            a = int(anchors[n, b])
+            first = a - L if model.kind == "r" else a - 1
+            w = x[first:first + L, b:b + 1]                                     # (L, 1, C)
+            h, c = state_at(b, a, model.aux_bptt)
+            pad = torch.zeros(1, 1, dec.hidden_size - main.hidden_size, dtype=dtype)
+            s1 = (torch.cat([h, pad], 2), torch.cat([c, pad], 2))  # bottom layer: s_a, padded
+            s2 = (torch.zeros_like(s1[0]), torch.zeros_like(s1[0]))  # top layer: zero
+            o1, _ = dec.lstm1(dec.embed(w[:-1]), s1)
+            o2, _ = dec.lstm2(o1, s2)
+            logp = dec.out(o2).view(L - 1, C, dec.vocab).log_softmax(-1)       # (L-1, C, V)
+            nll = nll - logp.gather(-1, w[1:, 0, :, None]).sum()
+            count += (L - 1) * C
+    return sup, nll / count
+
+
+# ----------------------------------------------------------------------------------------------
+# Data only r-LSTM uses (section 4): StanfordDogs images as pixel sequences (up to 16384 steps)
+# and DBpedia character-level classification, both downloaded into --data-dir when missing.
+# The other tasks (mnist, pmnist, cifar10) come from tasks.make_task; `make_task` below
+# dispatches. Helpers shared with the other scripts (download, checksums, the 5% validation
+# hold-out, the ImageTask batching, DataError) stay in tasks.py.
+
+DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
+# The official layout (the dataset's README.txt): images.tar holds Images/<wnid>-<breed>/*.jpg;
+# lists.tar holds file_list.mat, train_list.mat and test_list.mat, MATLAB files whose `file_list`
+# is a cell array of '<wnid>-<breed>/<name>.jpg' paths and `labels` the classes 1..120.
+# Official split: 12,000 training images (100 per class) and 8,580 test images. The site
+# publishes no checksums, so the files are checked by these counts instead.
+DOGS_SPLIT_SIZES = {"train": 12_000, "test": 8_580}
+
+
+def read_mat5(path):
+    """Reads the numeric and char arrays and the cell arrays of them from a MATLAB v5 (-v6/-v7)
+    .mat file, with torch and the standard library only (scipy is not a dependency).
+
+    Returns {name: value}: a char array gives a str, a numeric array a list of floats (column-
+    major), a cell array a list of such values. Raises tasks.DataError for other files (e.g. -v7.3).
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 128 or raw[126:128] != b"IM" or raw[124:126] != b"\x00\x01":
+        raise tasks.DataError(f"{path} is not a little-endian MATLAB v5 .mat file (MATLAB -v7.3 / "
+                              f"HDF5 files are not supported)")
+    numeric = {1: "b", 2: "B", 3: "h", 4: "H", 5: "i", 6: "I", 7: "f", 9: "d", 12: "q", 13: "Q"}
+
+    def elements(buf):
+        pos = 0
+        while pos + 8 <= len(buf):
+            kind, size = struct.unpack_from("<II", buf, pos)
+            if kind >> 16:  # small data element: size and type packed in 4 bytes
+                kind, size, start, pos = kind & 0xFFFF, kind >> 16, pos + 4, pos + 8
+            else:
+                start = pos + 8
+                pos = start + (size if kind == 15 else (size + 7) // 8 * 8)
+            yield kind, buf[start:start + size]
+
+    def value(kind, data):
+        if kind == 15:
+            return [value(*e) for e in elements(zlib.decompress(data))][0]
+        if kind == 16:
+            return data.decode("utf-8")
+        if kind in numeric:
+            return list(struct.unpack(f"<{len(data) // struct.calcsize(numeric[kind])}"
+                                      f"{numeric[kind]}", data))
+        if kind != 14:
+            raise tasks.DataError(f"{path}: unsupported MATLAB data type {kind}")
+        parts = list(elements(data))
+        cls = struct.unpack_from("<I", parts[0][1])[0] & 0xFF
+        name = parts[2][1].decode("latin-1")
+        if cls == 1:    # cell array: one matrix element per cell
+            return name, [value(*p)[1] for p in parts[3:]]
+        if cls == 4:    # char array
+            chars = value(*parts[3]) if parts[3][0] != 16 else parts[3][1].decode("utf-8")
+            return name, chars if isinstance(chars, str) else "".join(map(chr, chars))
+        if 6 <= cls <= 15:
+            return name, [float(v) for v in value(*parts[3])]
+        raise tasks.DataError(f"{path}: unsupported MATLAB array class {cls} in {name!r}")
+
+    out = {}
+    for kind, data in elements(raw[128:]):
+        item = value(kind, data)
+        if isinstance(item, tuple):
+            out[item[0]] = item[1]
+    return out
+
+
+def _fetch_and_extract(url, folder, archive, errors):
+    """Downloads url into folder/archive if missing and extracts it there; appends errors."""
+    path = os.path.join(folder, archive)
+    try:
+        if not os.path.exists(path):
+            tasks.download(url, path)
+        with tarfile.open(path) as tar:
+            tar.extractall(folder, filter="data")
+    except (OSError, tarfile.TarError) as e:
+        errors.append(f"{url}: {e}")
+
+
+def load_stanford_dogs(data_dir, side):
+    """StanfordDogs images as uint8 pixel sequences (N, side*side, 3), row-major RGB scan.
+
+    Reads the official layout under `<data_dir>/stanford_dogs/` (Images/ and the three lists),
+    downloading and extracting images.tar and lists.tar when missing. Every image is centre-
+    cropped to a square and resized to side x side (antialiased bilinear; the paper's
+    preprocessing is UNCONFIRMED); the result is cached as `cache_<side>.pt`.
+    Returns {"train": (x, y), "test": (x, y)}, y LongTensor of classes 0..119.
+    """
+    import torchvision  # here, so that the other tasks need no torchvision
+    folder = os.path.join(data_dir, "stanford_dogs")
+    cache = os.path.join(folder, f"cache_{side}.pt")
+    if os.path.exists(cache):
+        return torch.load(cache)
+    os.makedirs(folder, exist_ok=True)
+    errors = []
+    for archive, marker in (("lists.tar", "train_list.mat"), ("images.tar", "Images")):
+        if not os.path.exists(os.path.join(folder, marker)):
+            _fetch_and_extract(DOGS_URL + archive, folder, archive, errors)
+    missing = [m for m in ("train_list.mat", "test_list.mat", "Images")
+               if not os.path.exists(os.path.join(folder, m))]
+    if missing:
+        raise tasks.DataError(f"StanfordDogs is missing {', '.join(missing)} in {folder} and could "
+                              f"not be downloaded ({'; '.join(errors) or 'no error'}). Put the "
+                              f"official images.tar and lists.tar from {DOGS_URL} into {folder}.")
+    out = {}
+    for split in ("train", "test"):
+        mat = read_mat5(os.path.join(folder, f"{split}_list.mat"))
+        files, labels = mat.get("file_list"), mat.get("labels")
+        if files is None or labels is None or len(files) != len(labels):
+            raise tasks.DataError(f"{split}_list.mat in {folder} lacks matching file_list and "
+                                  f"labels")
+        if len(files) != DOGS_SPLIT_SIZES[split]:
+            raise tasks.DataError(f"{split}_list.mat lists {len(files)} images, the official split "
+                                  f"has {DOGS_SPLIT_SIZES[split]}: replace it with the file from "
+                                  f"lists.tar")
+        images = []
+        for name in files:
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders
+                warnings.simplefilter("ignore", DeprecationWarning)
+                img = torchvision.io.decode_image(os.path.join(folder, "Images", name),
+                                                  mode=torchvision.io.ImageReadMode.RGB)
+            s = min(img.shape[1:])
+            top, left = (img.shape[1] - s) // 2, (img.shape[2] - s) // 2
+            img = img[:, top:top + s, left:left + s][None].float()
+            img = F.interpolate(img, size=(side, side), mode="bilinear", antialias=True,
+                                align_corners=False)[0]
+            images.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+                          .reshape(side * side, 3))
+        y = torch.tensor(labels, dtype=torch.long) - 1
+        if y.min() < 0 or y.max() > 119:
+            raise tasks.DataError(f"{split}_list.mat has labels outside 1..120")
+        out[split] = (torch.stack(images), y)
+    torch.save(out, cache)
+    return out
+
+
+class StanfordDogsTask(tasks.ImageTask):
+    """StanfordDogs (120 breeds) as RGB pixel sequences of T = side^2 steps x 3 channels.
+
+    T must be a square (the paper's longest sequences are 16384 = 128 x 128). 5% of the official
+    training list is held out for validation (seed tasks.SPLIT_SEED); the test split is the
+    official one.
+    """
+
+    def __init__(self, seq_len, batch_size, data_dir, seed, as_tokens=False):
+        side = math.isqrt(seq_len)
+        if side * side != seq_len:
+            raise ValueError(f"stanford_dogs needs a square seq_len (side^2, e.g. 1024, 4096, "
+                             f"16384), got {seq_len}")
+        self.name, self.batch_size, self.seed, self.as_tokens = "stanford_dogs", batch_size, seed, \
+            as_tokens
+        self.kind = "classify"
+        data = load_stanford_dogs(data_dir, side)
+        self.data = tasks.image_splits(*data["train"], data["test"])
+        n_val, test = len(self.data["valid"][0]), data["test"]
+        self.n_in, self.seq_len, self.n_out = 3, seq_len, 120
+        self.vocab = 256 if as_tokens else None
+        self.description = (
+            f"stanford_dogs: {side}x{side} RGB (centre crop, resize), {seq_len} steps x 3 "
+            f"channels, pixels {'as tokens 0..255' if as_tokens else 'scaled to [0,1]'}; train "
+            f"{len(self.data['train'][0])} / valid {n_val} / test {len(test[0])} (official lists); "
+            f"metric accuracy")
+
+
+# DBpedia ontology classification (Zhang, Zhao & LeCun 2015): dbpedia_csv.tar.gz holds
+# dbpedia_csv/{train,test}.csv (rows `class,"title","content"`, classes 1..14, 560,000 / 70,000
+# rows) and classes.txt. URL and MD5 as in torchtext's DBpedia dataset; the second URL is a
+# mirror tried when Google Drive refuses, accepted only if it passes the same MD5.
+DBPEDIA_URLS = ("https://drive.google.com/uc?export=download&id=0Bz8a_Dbh9QhbQ2Vic1kxMmZZQ1k",
+                "https://s3.amazonaws.com/fast-ai-nlp/dbpedia_csv.tgz")
+DBPEDIA_MD5 = "dca7b1ae12b1091090db52aa7ec5ca64"
+# Zhang et al.'s 69-character alphabet plus space; 0 is padding, 1 any other character.
+DBPEDIA_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+=<>()[]{} "
+
+
+def load_dbpedia(data_dir):
+    """Returns {"train": (texts, labels), "test": (...)}: texts a list of str (title, a space,
+    content), labels LongTensor of classes 0..13. Downloads and extracts the CSV release into
+    `<data_dir>/dbpedia/` when missing; raises tasks.DataError if that fails or the files look
+    wrong."""
+    folder = os.path.join(data_dir, "dbpedia")
+    csv_dir = os.path.join(folder, "dbpedia_csv")
+    errors = []
+    if not os.path.exists(os.path.join(csv_dir, "test.csv")):
+        os.makedirs(folder, exist_ok=True)
+        tgz = os.path.join(folder, "dbpedia_csv.tar.gz")
+        for url in DBPEDIA_URLS:
+            if os.path.exists(tgz):
+                break
+            try:
+                tasks.download(url, tgz)
+                if tasks.checksum(tgz, "md5") != DBPEDIA_MD5:
+                    os.remove(tgz)
+                    errors.append(f"{url}: not the standard release (MD5 differs)")
+            except OSError as e:
+                errors.append(f"{url}: {e}")
+        if os.path.exists(tgz):
+            tasks.verified(tgz, DBPEDIA_MD5)
+            with tarfile.open(tgz) as tar:
+                tar.extractall(folder, filter="data")
+    paths = {s: os.path.join(csv_dir, f"{s}.csv") for s in ("train", "test")}
+    if not all(os.path.exists(p) for p in paths.values()):
+        raise tasks.DataError(f"DBpedia is missing from {csv_dir} and could not be downloaded "
+                              f"({'; '.join(errors)}). Put dbpedia_csv.tar.gz (MD5 {DBPEDIA_MD5}) "
+                              f"into {folder}, or its extracted dbpedia_csv/ folder with train.csv "
+                              f"and test.csv.")
+    out = {}
+    for split, path in paths.items():
+        texts, labels = [], []
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if len(row) != 3 or not row[0].isdigit() or not 1 <= int(row[0]) <= 14:
+                    raise tasks.DataError(f"{path}, row {i + 1}: expected "
+                                          f"`class,\"title\",\"content\"` with class 1..14, got "
+                                          f"{row[:3]!r}")
+                labels.append(int(row[0]) - 1)
+                texts.append(row[1] + " " + row[2])
+        out[split] = (texts, torch.tensor(labels, dtype=torch.long))
+    return out
+
+
+def encode_chars(texts, seq_len):
+    """Lower-cased characters as tokens (DBPEDIA_ALPHABET: 2.., 1 other, 0 padding), the first
+    seq_len characters of each text, right-aligned (padding first). Returns uint8 (N, T, 1)."""
+    table = bytes(DBPEDIA_ALPHABET.index(chr(c)) + 2 if chr(c) in DBPEDIA_ALPHABET else 1
+                  for c in range(256))
+    out = torch.zeros(len(texts), seq_len, 1, dtype=torch.uint8)
+    for i, t in enumerate(texts):
+        b = t.lower().encode("latin-1", errors="replace")[:seq_len].translate(table)
+        if b:
+            out[i, seq_len - len(b):, 0] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
+    return out
+
+
+class DBpediaTask(tasks.ImageTask):
+    """DBpedia (14 classes) as character sequences of T steps: tokens (T, B) in 0..vocab-1.
+
+    5% of the training CSV is held out for validation (seed tasks.SPLIT_SEED); the test split is the
+    official test.csv. Always tokens (characters have no scale), whatever `as_tokens` says.
+    """
+
+    def __init__(self, seq_len, batch_size, data_dir, seed, as_tokens=True):
+        self.name, self.batch_size, self.seed, self.as_tokens = "dbpedia", batch_size, seed, True
+        self.kind = "classify"
+        raw = load_dbpedia(data_dir)
+        (texts, y_train), (test_texts, y_test) = raw["train"], raw["test"]
+        x_train, x_test = encode_chars(texts, seq_len), encode_chars(test_texts, seq_len)
+        self.data = tasks.image_splits(x_train, y_train, (x_test, y_test))
+        n_val = len(self.data["valid"][0])
+        self.n_in, self.seq_len, self.n_out = 1, seq_len, 14
+        self.vocab = len(DBPEDIA_ALPHABET) + 2
+        self.description = (
+            f"dbpedia (char level): title + content, lower-cased, first {seq_len} characters "
+            f"right-aligned, vocab {self.vocab} (0 pad, 1 other); train "
+            f"{len(self.data['train'][0])} / valid {n_val} / test {len(x_test)}; metric accuracy")
+
+
+
+def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test_seq_len=None,
+              as_tokens=True, eval_size=1000):
+    """A task by name: "stanford_dogs" and "dbpedia" are built here, the others by
+    tasks.make_task (same arguments). Raises ValueError / tasks.DataError with a clear message."""
+    if name == "stanford_dogs":  # seq_len: side^2 pixels (default 4096 = 64 x 64)
+        return StanfordDogsTask(seq_len or 4096, batch_size, data_dir, seed, as_tokens)
+    if name == "dbpedia":        # seq_len: characters per document (default 1024)
+        return DBpediaTask(seq_len or 1024, batch_size, data_dir, seed)
+    return tasks.make_task(name, seq_len, batch_size, data_dir, seed, test_seq_len,
+                           as_tokens=as_tokens, eval_size=eval_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,10 +811,42 @@ QUICK = {  # CPU scale, minutes: smaller batch and decoder, fewer steps, a 4.5-m
     t: dict(batch_size=32, aux_len=200, aux_hidden=128, pretrain_epochs=0.03, steps=2000,
             eval_every=250, eval_size=500, time_budget=3.75, ss_max=0.25, ss_steps=1000)
     for t in TASKS}
-# Table 2 of the paper (tasks.RLSTM_TABLE2), test accuracy %, keyed by (task, model, full BP?).
+# Trinh et al. 2018, Table 2, test accuracy %: its rows (label, model, full BP?) and the values
+# per dataset in that order.
+TABLE2_ROWS = [("LSTM Full BP", "lstm", True), ("LSTM Truncate300", "lstm", False),
+               ("r-LSTM Truncate300", "rlstm", False), ("p-LSTM Truncate300", "plstm", False),
+               ("r-LSTM Full BP", "rlstm", True), ("p-LSTM Full BP", "plstm", True)]
+TABLE2 = {"mnist": (98.3, 11.3, 96.4, 95.4, 98.4, 98.0),
+          "pmnist": (89.4, 88.8, 92.8, 92.5, 95.2, 92.8),
+          "cifar10": (58.8, 49.0, 65.9, 64.7, 72.2, 67.6)}
+# keyed by (task, model, full BP?)
 PAPER = {(task, model, full): f"{value} ({'Full BP' if full else 'Truncate300'})"
-         for task, values in tasks.RLSTM_TABLE2.items()
-         for (_, model, full), value in zip(tasks.RLSTM_TABLE2_ROWS, values)}
+         for task, values in TABLE2.items()
+         for (_, model, full), value in zip(TABLE2_ROWS, values)}
+
+
+def _bptt(full, T=None):  # a row's flags: full BP, or truncation at 300 steps (the paper's)
+    return ((f"--seq-len {T} " if T else "") + ("--bptt 0 --aux-bptt 0" if full else
+                                                "--bptt 300 --aux-bptt 300")).strip()
+
+
+# The paper's tables, each row once: run_all.sh runs them, `python tasks.py table results/`
+# fills them. --quick: 1.5 minutes of training per run.
+TABLES = {
+    "rlstm-table2": ("r-LSTM Table 2: test accuracy (%)", [
+        tasks.row(f"{label}, {t}", t, m, f"T{1024 if t == 'cifar10' else 784}-"
+                  + ("full" if full else "trunc300"), _bptt(full),
+                  _bptt(full) + " --time-budget 1.5", ckpt=full, paper=PAPER[(t, m, full)])
+        for t in TABLE2 for label, m, full in TABLE2_ROWS]),
+    "rlstm-dogs": ("r-LSTM: StanfordDogs by sequence length, test accuracy (%)", [
+        tasks.row(f"{label}, T={T}", "stanford_dogs", m, f"T{T}-" + ("full" if full else
+                  "trunc300"), _bptt(full, T), _bptt(full, T) + " --time-budget 1.5", ckpt=full)
+        for T in (1024, 4096, 16384) for label, m, full in TABLE2_ROWS[:3]]),
+    "rlstm-dbpedia": ("r-LSTM: DBpedia, test accuracy (%)", [
+        tasks.row(label, "dbpedia", m, "T1024-" + ("full" if full else "trunc300"),
+                  _bptt(full), _bptt(full) + " --time-budget 1.5", ckpt=full)
+        for label, m, full in TABLE2_ROWS[:3]]),
+}
 
 
 def paper_number(args):
@@ -339,7 +858,8 @@ def paper_number(args):
 
 
 def parse_args(argv=None):
-    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS)
+    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS,
+                            tasks.defaults_epilog(DEFAULTS, TASK_DEFAULTS, QUICK))
     a = p.add_argument
     a("--bptt", type=tasks.nonneg_int,
       help="backpropagate the supervised loss through the last N steps (0: full BP)")
@@ -347,9 +867,9 @@ def parse_args(argv=None):
       help="backpropagate the auxiliary loss through the N steps before each anchor (0: full)")
     a("--aux-len", type=tasks.positive_int, help="length L of the auxiliary subsequence")
     a("--anchors", type=tasks.positive_int, help="anchors per sequence, redrawn every batch")
-    a("--pretrain-epochs", type=float,
+    a("--pretrain-epochs", type=tasks.nonneg_float,
       help="epochs of auxiliary-loss-only training before L_sup + L_aux (may be fractional)")
-    a("--ss-max", type=float,
+    a("--ss-max", type=tasks.probability,
       help="r-LSTM scheduled sampling: final probability of feeding the decoder's own sample")
     a("--ss-steps", type=tasks.positive_int,
       help="steps over which the sampling probability grows linearly from 0 to --ss-max "
@@ -366,6 +886,7 @@ def parse_args(argv=None):
     for k, v in cfg.items():  # command line wins over task defaults
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    tasks.check_args(p, args)
     args.ss_steps = args.ss_steps or args.steps
     if args.layers not in (None, 1):
         p.error(f"--layers {args.layers}: the main network is a 1-layer LSTM (paper section 4)")
@@ -388,6 +909,10 @@ def parse_args(argv=None):
         p.error(f"--aux-len {args.aux_len} does not fit --seq-len {args.seq_len} (need 2 <= "
                 f"aux_len <= T)")
     trunc = "full" if args.bptt == 0 else f"trunc{args.bptt}"
+    if args.model != "lstm" and args.aux_bptt != args.bptt:  # the run name says what differs
+        trunc += "-aux" + ("full" if args.aux_bptt == 0 else str(args.aux_bptt))
+    if args.test_seq_len:
+        p.error("--test-seq-len: the tasks of rlstm.py have one fixed length")
     args.tag = args.tag or f"T{args.seq_len}-{trunc}" + ("-quick" if args.quick else "")
     return args
 
@@ -397,47 +922,17 @@ def checkpoint_segment(seq_len):
     return max(1, int(math.sqrt(seq_len)))
 
 
-class Model(nn.Module):
-    """Holds MainNet (`main`) and, for rlstm / plstm, the AuxDecoder (`decoder`; None for lstm);
-    `losses` runs them."""
-
-    def __init__(self, args, task):
-        super().__init__()
-        C = task.n_in  # tokens per step: 1, or 3 for CIFAR-10 RGB
-        self.main = MainNet(task.vocab, C, task.n_out, args.embed_size, args.hidden_size,
-                            args.ffn_size)
-        self.decoder = (AuxDecoder(task.vocab, C, args.hidden_size, args.embed_size,
-                                   args.aux_hidden, args.ffn_size) if args.model != "lstm" else None)
+KINDS = {"rlstm": "r", "plstm": "p", "lstm": None}  # --model -> RLSTM(kind=...)
 
 
 def build_model(args, task):
-    return Model(args, task)
-
-
-def as_steps(x):
-    """(T, B) tokens -> (T, B, 1); (T, B, C) unchanged."""
-    return x.unsqueeze(2) if x.dim() == 2 else x
-
-
-def losses(model, x, y, args, sample_prob, supervised=True):
-    """One training forward pass. x: (T, B, C) tokens; y: (B,) labels.
-    Returns (L_sup or None, L_aux or None), each a scalar tensor."""
-    T, B = x.shape[:2]
-    anchors = None
-    if model.decoder is not None:
-        anchors = draw_anchors(args.model, T, args.aux_len, args.anchors, B, device=x.device)
-    logits, state = model.main(x, args.bptt, anchors, args.aux_bptt, supervised)
-    sup = F.cross_entropy(logits.float(), y) if supervised else None
-    aux = None
-    if anchors is not None:
-        win = aux_windows(args.model, x, anchors, args.aux_len)           # (L, N*B, C)
-        st = tuple(s.reshape(-1, s.shape[-1]) for s in state)              # (N*B, H)
-        inputs = win[:-1]
-        if sample_prob > 0:
-            inputs, _ = model.decoder.sample_inputs(st, win, sample_prob)
-        out = model.decoder(st, inputs)                                    # (L-1, N*B, C, V)
-        aux = F.cross_entropy(out.float().reshape(-1, out.shape[-1]), win[1:].reshape(-1))
-    return sup, aux
+    """The RLSTM of a run: sizes and truncation from the command line, input and output sizes
+    from the task; --grad-checkpoint recomputes segments of sqrt(T) steps."""
+    return RLSTM(task.vocab, task.n_out, channels=task.n_in, kind=KINDS[args.model],
+                 aux_len=args.aux_len, n_anchors=args.anchors, bptt=args.bptt,
+                 aux_bptt=args.aux_bptt, embed=args.embed_size, hidden=args.hidden_size,
+                 ffn=args.ffn_size, aux_hidden=args.aux_hidden,
+                 checkpoint_every=checkpoint_segment(args.seq_len) if args.grad_checkpoint else 0)
 
 
 @torch.no_grad()
@@ -446,9 +941,9 @@ def evaluate(model, task, split, device, amp_dtype, limit=None):
     model.eval()
     total = {}
     for x, y in task.eval_batches(split, limit=limit):
-        x, y = as_steps(x).to(device), y.to(device)
+        x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out, _ = model.main(x)
+            out = model.logits(x)
         tasks.add_stats(total, tasks.loss_and_stats(task.kind, out, y)[1])
     model.train()
     return tasks.summarize(task.kind, total, split)
@@ -472,15 +967,14 @@ def run_benchmark(args, device, amp_dtype):
         x = torch.randint(0, 256, (T, B, 1), device=device)
         y = torch.randint(0, 10, (B,), device=device)
         for model_name, bptt, aux_bptt, ckpt in rows:
-            cfg = dict(vars(args), model=model_name, bptt=bptt, aux_bptt=aux_bptt)
-            run_args = type(args)(**cfg)
+            run_args = type(args)(**dict(vars(args), model=model_name, bptt=bptt,
+                                         aux_bptt=aux_bptt, seq_len=T, grad_checkpoint=ckpt))
             task = type("BenchTask", (), dict(vocab=256, n_in=1, n_out=10))()
-            model = Model(run_args, task).to(device)
-            model.main.checkpoint_every = checkpoint_segment(T) if ckpt else 0
+            model = build_model(run_args, task).to(device)
 
             def fn():
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    sup, aux = losses(model, x, y, run_args, 0.0)
+                    sup, aux = model(x, y)
                 (sup + (aux if aux is not None else 0)).backward()
             sec, mem = tasks.benchmark(fn, device, repeats=2 if T > 4096 else 3)
             name = (f"{model_name} " + (f"Truncate{bptt}" if bptt else "Full BP")
@@ -491,80 +985,41 @@ def run_benchmark(args, device, amp_dtype):
 
 
 def main(argv=None):
+    """Trains one model on one task (tasks.Run: resume, checkpoints, Ctrl-C, lock): first
+    --pretrain-epochs of the auxiliary loss alone, then L_sup + L_aux (section 3); tests the best
+    validation checkpoint, writes <out-dir>/rlstm-<task>-<model>-<tag>.json and returns it."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = tasks.pick_device(args.device)
-    amp_dtype, use_scaler = tasks.amp_settings(args.amp, device)
-    torch.manual_seed(args.seed)
+    device, amp_dtype, use_scaler = tasks.setup(args)
     if args.benchmark:
         return run_benchmark(args, device, amp_dtype)
-    name = f"rlstm-{args.task}-{args.model}-{args.tag}"
-    last_path = os.path.join(args.out_dir, "ckpt", name + ".pt")
-    best_path = os.path.join(args.out_dir, "ckpt", name + "-best.pt")
-    if args.resume and not os.path.exists(last_path):
-        raise SystemExit(f"error: no checkpoint {last_path} to resume from (check --task, "
-                         f"--model, --tag / --bptt / --quick and --out-dir)")
+    tasks.Run.preflight("rlstm.py", args)  # refusals before any data is loaded
     try:
-        task = tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
-                               args.test_seq_len, as_tokens=True, eval_size=args.eval_size)
+        task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
+                         args.test_seq_len, as_tokens=True, eval_size=args.eval_size)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
     model = build_model(args, task).to(device)
-    if args.grad_checkpoint:
-        model.main.checkpoint_every = checkpoint_segment(args.seq_len)
     params = model.parameters()
     opt = (torch.optim.RMSprop(params, lr=args.lr) if args.optimizer == "rmsprop"
            else torch.optim.Adam(params, lr=args.lr))
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    metric, larger_is_better = tasks.SELECT[task.kind]
     per_epoch = max(1, len(task.data["train"][1]) // args.batch_size)
     pretrain_steps = round(args.pretrain_epochs * per_epoch)
-
-    step, best, history, elapsed = 0, None, [], 0.0
-    if args.resume:
-        ck = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        scaler.load_state_dict(ck["scaler"])
-        tasks.set_rng_state(ck["rng"])
-        step, best, history, elapsed = ck["step"], ck["best"], ck["history"], ck["elapsed"]
-
-    print(f"== rlstm.py | task: {task.description}")
-    print(f"== config: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    run = tasks.Run("rlstm.py", args, task, model, dict(opt=opt, scaler=scaler), device, argv)
     if args.unconfirmed:
-        print(f"== UNCONFIRMED defaults (not given by the paper): "
+        print("== UNCONFIRMED defaults (not given by the paper): "
               + ", ".join(f"{k}={getattr(args, k)}" for k in args.unconfirmed))
     print(f"== schedule: {pretrain_steps} auxiliary-only pretraining steps "
           f"({args.pretrain_epochs} epochs of {per_epoch} steps), then L_sup + L_aux"
           if args.model != "lstm" else "== schedule: supervised loss only")
-    print(f"== device: {device} ({tasks.hardware(device)}), amp={amp_dtype}, seed={args.seed}, "
-          f"params={sum(p.numel() for p in model.parameters()):,}"
-          + (f", resumed at step {step}" if step else ""))
 
-    def save_last():
-        tasks.save_checkpoint(last_path, dict(
-            model=model.state_dict(), opt=opt.state_dict(), scaler=scaler.state_dict(),
-            rng=tasks.rng_state(), step=step, best=best, history=history, elapsed=elapsed,
-            config=vars(args)))
-
-    from tqdm import tqdm
-    t_start = time.time() - elapsed
-    bar = tqdm(total=args.steps, initial=step, disable=step >= args.steps, mininterval=5,
-               desc=name, dynamic_ncols=True)
-    while step < args.steps:
-        x, y = task.train_batch(step)
-        x, y = as_steps(x).to(device), y.to(device)
-        supervised = step >= pretrain_steps            # phase 1: L_aux alone; phase 2: L_sup + L_aux
-        sample_prob = args.ss_max * min(1.0, step / args.ss_steps)
+    while run.training():
+        x, y = (v.to(device) for v in task.train_batch(run.step))
+        supervised = run.step >= pretrain_steps    # phase 1: L_aux alone; phase 2: L_sup + L_aux
+        sample_prob = args.ss_max * min(1.0, run.step / args.ss_steps)  # scheduled sampling
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            sup, aux = losses(model, x, y, args, sample_prob, supervised)
+            sup, aux = model(x, y, sample_prob, supervised)
         loss = sum(v for v in (sup, aux) if v is not None)
-        if not torch.isfinite(loss):
-            bar.close()
-            raise SystemExit(f"error: non-finite loss {loss.item()} at step {step}; stopping. "
-                             f"The last good checkpoint is {last_path} (step "
-                             f"{history[-1]['step'] if history else 0}).")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -572,52 +1027,18 @@ def main(argv=None):
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         scaler.step(opt)
         scaler.update()
-        step += 1
-        bar.update(1)
-        parts = {"sup": sup, "aux": aux}
-        bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items() if v is not None},
-                        refresh=False)
-        out_of_time = args.time_budget and time.time() - t_start > args.time_budget * 60
-        if step % args.eval_every == 0 or step == args.steps or out_of_time:
-            val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
-            elapsed = time.time() - t_start
-            rec = dict(step=step, loss=loss.item(), seconds=round(elapsed, 1), phase=
-                       "joint" if supervised else "pretrain", sample_prob=round(sample_prob, 4),
-                       **{f"{k}_loss": v.item() for k, v in parts.items() if v is not None}, **val)
-            history.append(rec)
-            if best is None or (val[metric] > best if larger_is_better else val[metric] < best):
-                best = val[metric]
-                tasks.save_checkpoint(best_path, dict(model=model.state_dict(), step=step))
-            save_last()
-            bar.write(f"step {step} ({rec['phase']}): loss {loss.item():.4f} "
-                      + " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k.endswith("_loss"))
-                      + " " + " ".join(f"{k} {v:.4f}" for k, v in val.items())
-                      + f" (best {metric} {best:.4f}, {elapsed / 60:.1f} min)")
-        if out_of_time:
-            bar.write(f"time budget of {args.time_budget} min reached at step {step}")
-            break
-    bar.close()
+        run.step_done(loss)
+        if run.eval_due():
+            parts = {f"{k}_loss": v.item() for k, v in dict(sup=sup, aux=aux).items()
+                     if v is not None}
+            run.log(evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size),
+                    phase="joint" if supervised else "pretrain", loss=loss.item(),
+                    sample_prob=round(sample_prob, 4), **parts)
 
     # Test at the best validation checkpoint.
-    ck = torch.load(best_path, map_location=device, weights_only=False)
-    model.load_state_dict(ck["model"])
-    test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)
-    val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
-    record = dict(
-        script="rlstm.py", config=vars(args), task=task.description,
-        metric=metric.replace("valid", "test"),
-        paper=paper_number(args),
-        unconfirmed_defaults={k: getattr(args, k) for k in args.unconfirmed},
-        metrics={**test, **val}, best_step=ck["step"], steps_done=step, history=history,
-        pretrain_steps=pretrain_steps, wall_seconds=elapsed,
-        peak_memory_mb=tasks.peak_memory_mb(device), device=str(device),
-        hardware=tasks.hardware(device), torch=torch.__version__, git_commit=tasks.git_commit(),
-        command="python " + " ".join(sys.argv) if argv is None else "rlstm.main(" + str(argv) + ")")
-    path = tasks.write_results(os.path.join(args.out_dir, name + ".json"), record)
-    print(f"== test at best validation step {ck['step']}: "
-          + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {record['paper']}")
-    print(f"== wrote {path}")
-    return record
+    return run.finish(lambda split, limit: evaluate(model, task, split, device, amp_dtype, limit),
+                      paper=paper_number(args), pretrain_steps=pretrain_steps,
+                      unconfirmed_defaults={k: getattr(args, k) for k in args.unconfirmed})
 
 
 if __name__ == "__main__":

@@ -24,13 +24,23 @@ cd "$(dirname "$0")"
 QUICK=0; ESTIMATE=0; CPU=0; ONLY=""; DRY=0; SEEDS=""; EST_MIN=${EST_MINUTES:-0.5}
 CPU_MIN=${CPU_MINUTES:-150}
 DATA=${DATA_DIR:-./data}; OUT=${OUT_DIR:-./results}; PY=${PYTHON:-python}
+TABLES="sab-copy sab-transfer sab-other indrnn-adding indrnn-mnist indrnn-ptb indrnn-ntu
+        rlstm-table2 rlstm-dogs rlstm-dbpedia"  # the order they run in; rows: the scripts' TABLES
 usage() {
     echo "usage: bash run_all.sh [--quick | --estimate | --cpu] [--only TABLE] [--dry-run] [--seeds N]" \
          "[--data-dir DIR] [--out-dir DIR]" >&2
     exit 2
 }
+help() {
+    sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    echo "tables (--only):" $TABLES
+    echo "environment: PYTHON (default python), DATA_DIR (./data), OUT_DIR (./results)," \
+         "EST_MINUTES (0.5), CPU_MINUTES (150)"
+    exit 0
+}
 while [ $# -gt 0 ]; do
     case "$1" in
+        -h|--help) help ;;
         --quick) QUICK=1 ;;
         --estimate) ESTIMATE=1 ;;
         --cpu) CPU=1 ;;
@@ -45,8 +55,6 @@ while [ $# -gt 0 ]; do
 done
 [ $((QUICK + ESTIMATE + CPU)) -gt 1 ] && { echo "error: --quick, --estimate and --cpu exclude each other" >&2; exit 2; }
 [ "$ESTIMATE" = 1 ] && SEEDS=1
-TABLES="sab-copy sab-transfer sab-other indrnn-adding indrnn-mnist indrnn-ptb indrnn-ntu
-        rlstm-table2 rlstm-dogs rlstm-dbpedia"
 if [ -n "$ONLY" ] && ! echo $TABLES | tr ' ' '\n' | grep -qx "$ONLY"; then
     echo "error: --only $ONLY: no such table; choose from:" $TABLES >&2; exit 2
 fi
@@ -102,72 +110,26 @@ has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing
     [ "$CPU" = 1 ] && return 1
     [ -e "$1" ] || { echo "== skipping $2: no data at $1 ($3)"; return 1; }
 }
-mkdir -p "$OUT/logs"; rm -f "$OUT/failed.txt"
+[ "$DRY" = 1 ] || { mkdir -p "$OUT/logs"; rm -f "$OUT/failed.txt"; }  # a dry run changes nothing
 
-# --- SAB (sab.py): Table 1 copy, Table 5 transfer, the other tasks. Quick: T/10, 1500 steps.
-# SAB runs two seeds, the baselines one (unless --seeds).
-for T in 100 200 300; do for m in lstm tbptt attn sab; do
-    run sab-copy sab.py copy $m T$T "--seq-len $T" "--seq-len $((T / 10)) --steps 1500" "" \
-        $([ $m = sab ] && echo 2 || echo 1)
-done; done
-barrier
-for T in 200 300 400 2000 5000; do for m in sab lstm attn; do
-    run sab-transfer sab.py copy $m T100 "--seq-len 100 --eval-only --test-seq-len $T" \
-        "--seq-len 10 --eval-only --test-seq-len $((T / 10))" "" $([ $m = sab ] && echo 2 || echo 1)
-done; done
-barrier
-for spec in "adding T200" "pmnist T784" "cifar10 T1024" "ptb T100" "text8 T180"; do
-    set -- $spec
-    for m in tbptt lstm sab; do
-        run sab-other sab.py $1 $m $2 "" "--time-budget 1" ckpt
-    done
-done
-barrier
-
-# --- IndRNN (indrnn.py): adding at four lengths, MNIST / pMNIST, PTB, NTU.
-# Quick: T/10 (as for SAB copy), 20,000 steps or 1.5 minutes of training per run.
-for T in 100 500 1000 5000; do for m in indrnn lstm irnn; do
-    run indrnn-adding indrnn.py adding $m T$T "--seq-len $T" \
-        "--seq-len $((T / 10)) --steps 20000 --time-budget 1.5"
-done; done
-barrier
-for t in mnist pmnist; do for m in indrnn res-indrnn; do
-    run indrnn-mnist indrnn.py $t $m T784 "" "--time-budget 1.5" ckpt
-done; done
-barrier
-run indrnn-ptb indrnn.py ptb indrnn T50 "" "--time-budget 1"
-run indrnn-ptb indrnn.py ptb res-indrnn T150 "" "--seq-len 150 --layers 3 --time-budget 1"
-barrier
-if has_data "$DATA/ntu/nturgb+d_skeletons" indrnn-ntu "NTU RGB+D needs registration; see README"; then
-    for p in cs cv; do
-        run indrnn-ntu indrnn.py ntu indrnn T20-$p "--ntu-protocol $p" "--ntu-protocol $p"
-    done
-fi
-barrier
-
-# --- r-LSTM (rlstm.py): Table 2, StanfordDogs by length, DBpedia. Quick: 1.5 minutes per run.
-for t in mnist pmnist cifar10; do
-    T=$([ $t = cifar10 ] && echo 1024 || echo 784)
-    for m in lstm rlstm plstm; do
-        run rlstm-table2 rlstm.py $t $m T$T-trunc300 "--bptt 300 --aux-bptt 300" "--time-budget 1.5"
-        run rlstm-table2 rlstm.py $t $m T$T-full "--bptt 0 --aux-bptt 0" "--bptt 0 --aux-bptt 0 --time-budget 1.5" ckpt
-    done
-done
-barrier
-for T in 1024 4096 16384; do
-    run rlstm-dogs rlstm.py stanford_dogs lstm T$T-full "--seq-len $T --bptt 0" "--seq-len $T --bptt 0 --time-budget 1.5" ckpt
-    for m in lstm rlstm; do
-        run rlstm-dogs rlstm.py stanford_dogs $m T$T-trunc300 "--seq-len $T" "--seq-len $T --time-budget 1.5"
-    done
-done
-barrier
-if has_data "$DATA/dbpedia" rlstm-dbpedia "put dbpedia_csv.tar.gz there, or run once with network"; then
-    run rlstm-dbpedia rlstm.py dbpedia lstm T1024-full "--bptt 0" "--bptt 0 --time-budget 1.5" ckpt
-    for m in lstm rlstm; do
-        run rlstm-dbpedia rlstm.py dbpedia $m T1024-trunc300 "" "--time-budget 1.5"
-    done
-fi
-barrier
+# Every table's rows, as the scripts define them (their TABLES): table|script|task|model|tag|
+# seeds|ckpt|args|quick. A table's runs finish before the next table starts (transfer needs them).
+ROWS=$($PY tasks.py runs) || { echo "error: $PY tasks.py runs failed (is torch installed?)" >&2; exit 1; }
+table() {  # table NAME: run every row of NAME
+    local name=$1 tbl script task model row seeds ckpt args qargs
+    while IFS='|' read -r tbl script task model row seeds ckpt args qargs; do
+        [ "$tbl" = "$name" ] && run "$name" "$script" "$task" "$model" "$row" "$args" "$qargs" \
+            "$ckpt" "$seeds"
+    done <<< "$ROWS"
+    barrier
+}
+table sab-copy; table sab-transfer; table sab-other
+table indrnn-adding; table indrnn-mnist; table indrnn-ptb
+has_data "$DATA/ntu/nturgb+d_skeletons" indrnn-ntu "NTU RGB+D needs registration; see docs/indrnn.md" \
+    && table indrnn-ntu
+table rlstm-table2; table rlstm-dogs
+has_data "$DATA/dbpedia" rlstm-dbpedia "put dbpedia_csv.tar.gz there, or run once with network" \
+    && table rlstm-dbpedia
 
 [ "$DRY" = 1 ] && exit 0
 echo "== skipped $SKIPPED runs whose results exist"

@@ -14,9 +14,6 @@ Models (`--model`):
     attn   the same LSTM with dense softmax attention over every memory, full BPTT
 """
 import math
-import os
-import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -29,20 +26,26 @@ import tasks  # data, metrics, checkpoints and results; the model classes below 
 # Model: needs torch alone.
 
 
-def sparsify(scores, k_top):
+def sparsify(scores, k_top, eps=1e-3):
     """Sparse attention weights of SAB (Ke et al. 2018, section 3, "sparse attention").
 
     Keeps exactly the k_top largest raw scores: subtracts the (k_top+1)-th largest score, applies
-    ReLU and normalises to sum 1. While there are at most k_top memories, all of them are kept
-    and weighted by a softmax (there is no (k_top+1)-th score to subtract).
+    ReLU and normalises: w / (sum w + eps). While there are at most k_top memories, all of them
+    are kept and weighted by a softmax (there is no (k_top+1)-th score to subtract).
+
+    eps: the gradient of w / sum w grows as 1 / sum w when the kept scores nearly tie with the
+    (k_top+1)-th (early in training, when all memories look alike); eps = 1e-3 bounds it, and the
+    read then fades instead (the weights sum to sum w / (sum w + eps) < 1). The paper says only
+    "normalise"; eps -> 0 gives its weights exactly.
 
     Note: the authors' release subtracts the k_top-th score instead, which keeps only k_top-1.
 
     Args:
         scores: (B, M) raw attention scores, M >= 1.
         k_top: number of memories to keep, >= 1.
+        eps: added to the normaliser (see above).
     Returns:
-        weights: (B, K) non-negative, summing to 1 over K, K = min(k_top, M).
+        weights: (B, K) non-negative, summing to at most 1 over K, K = min(k_top, M).
         index: (B, K) long, which memory each weight belongs to.
     """
     B, M = scores.shape
@@ -51,7 +54,7 @@ def sparsify(scores, k_top):
         return torch.softmax(scores, dim=1), index
     top, index = scores.topk(k_top + 1, dim=1)  # (B, k_top + 1), sorted descending
     w = F.relu(top[:, :k_top] - top[:, k_top:])  # (B, k_top)
-    return w / (w.sum(dim=1, keepdim=True) + 1e-12), index[:, :k_top]
+    return w / (w.sum(dim=1, keepdim=True) + eps), index[:, :k_top]
 
 
 class SAB(nn.Module):
@@ -73,6 +76,12 @@ class SAB(nn.Module):
     those scores ever receive gradient from the sparsifier. Gradients equal those of the plain
     dense implementation (every score in the graph; tested in float64).
 
+    detach_keys (default True): a memory receives gradient through the value it adds to h(t)
+    (a_i m_i), not through its key W_k m_i. Through keys, the gradient into a memory is
+    multiplied at every hop of a chain of attention (memories are states that read earlier
+    memories) and grew to 1e13 in copy T=100 training; through values alone each hop multiplies
+    by a_i <= 1. W_k, v and the query still learn from the scores (docs/sab.md, "Stability").
+
     Special cases: k_top = 0 is an LSTM with truncated BPTT; k_top = 0 and k_trunc = 0 is a
     plain LSTM with full BPTT (numerically equal to nn.LSTM with the same weights);
     attention="dense" replaces the sparsifier by a softmax over every memory, all in the graph
@@ -92,6 +101,9 @@ class SAB(nn.Module):
             in the authors' release; attending to a zero memory adds nothing to h(t).
         checkpoint_every: if > 0 and gradients are on, recompute the forward pass in segments
             of this many steps during backward (torch.utils.checkpoint); same gradients.
+        norm_eps: the sparsifier's eps (see `sparsify`).
+        detach_keys: no gradient from the scores into the memories (see above); False gives the
+            paper's backward through every path.
     Attributes:
         watch: None, or a callable (t, weights (B, K), index (B, K), n_memories) called at
             every attention read, for diagnostics; weights are the attention a_i (rows sum to 1),
@@ -107,7 +119,8 @@ class SAB(nn.Module):
     """
 
     def __init__(self, input_size, hidden_size, k_top=5, k_att=2, k_trunc=5,
-                 attention="sparse", att_size=None, h0_memory=False, checkpoint_every=0):
+                 attention="sparse", att_size=None, h0_memory=False, checkpoint_every=0,
+                 norm_eps=1e-3, detach_keys=True):
         super().__init__()
         if attention not in ("sparse", "dense"):
             raise ValueError(f"attention must be 'sparse' or 'dense', got {attention!r}")
@@ -117,6 +130,7 @@ class SAB(nn.Module):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.k_top, self.k_att, self.k_trunc, self.attention = k_top, k_att, k_trunc, attention
         self.h0_memory, self.checkpoint_every, self.watch = h0_memory, checkpoint_every, None
+        self.norm_eps, self.detach_keys = norm_eps, detach_keys
         att_size = att_size or max(hidden_size // 2, 1)
         self.cell = nn.LSTMCell(input_size, hidden_size)
         self.query = nn.Linear(hidden_size, att_size)             # W_q h^(t) + b
@@ -182,7 +196,7 @@ class SAB(nn.Module):
         """Adds h (B, H) as memory `slot`; returns the memory (new tensors if dense)."""
         if not isinstance(memory[0], MemoryBank):  # grow the graph tensors (B, M, .) -> (B, M+1, .)
             mem, keys = memory
-            k = self.key(h)[:, None]
+            k = self.key(h.detach() if self.detach_keys else h)[:, None]
             return (h[:, None] if mem is None else torch.cat([mem, h[:, None]], dim=1),
                     k if keys is None else torch.cat([keys, k], dim=1))
         bank, token = memory
@@ -222,14 +236,14 @@ class SAB(nn.Module):
         Returns: read (B, H), weights (B, M), zero outside the k_top kept.
         """
         k_top = k_top or self.k_top
-        if keys is None:
-            keys = self.key(mem)                                                 # (B, M, A)
+        if keys is None:  # detach_keys: a memory gets gradient through its value only
+            keys = self.key(mem.detach() if self.detach_keys else mem)           # (B, M, A)
         s = self.score(torch.tanh(keys + query[:, None])).squeeze(2)             # (B, M)
         if s.shape[1] == k_top + 1:  # sparsify of exactly k_top+1 scores: subtract the lowest
             w = F.relu(s - s.min(dim=1, keepdim=True).values)                    # (B, M)
-            w = w / (w.sum(dim=1, keepdim=True) + 1e-12)
+            w = w / (w.sum(dim=1, keepdim=True) + self.norm_eps)
         else:
-            w, j = sparsify(s, k_top)                                            # (B, K)
+            w, j = sparsify(s, k_top, self.norm_eps)                             # (B, K)
             w = torch.zeros_like(s).scatter(1, j, w)                             # (B, M)
         return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1), w            # (B, H)
 
@@ -359,7 +373,8 @@ MODELS = ["sab", "tbptt", "lstm", "attn"]
 TASKS = ["copy", "adding", "pmnist", "cifar10", "ptb", "text8"]
 DEFAULTS = dict(batch_size=64, hidden_size=128, layers=1, lr=1e-3, clip=1.0, k_att=2, k_top=5,
                 k_trunc=5, steps=20_000, eval_every=500, eval_size=1000, lr_schedule="constant",
-                head="h+read", warmup=0, adam_eps=1e-8)
+                head="h+read", warmup=0, adam_eps=1e-8, att_eps=1e-3,
+                detach_keys=True)
 TASK_DEFAULTS = {  # paper-silent values marked UNCONFIRMED in PAPER below
     # copy: clip 0.02 against the gradient spikes of attention chains (docs/sab.md, "Stability");
     # the release clips at 1.0
@@ -389,9 +404,38 @@ QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller eval
 PAPER = {("copy", "sab", 100): "100 (k_trunc 5, k_top 5)",
          ("copy", "tbptt", 100): "31 (k_trunc 5; second-hand)"}
 
+# The paper's tables, each row once: run_all.sh runs them, `python tasks.py table results/`
+# fills them. A row's label names the settings its flags give (tests/test_tasks.py checks).
+_COPY = {"lstm": "LSTM (full BPTT)", "tbptt": "TBPTT (k_trunc 5)",
+         "attn": "LSTM + self-attention (full BPTT)", "sab": "SAB (k_trunc 5, k_top 5)"}
+_OTHER = {"tbptt": "TBPTT (k_trunc 10)", "lstm": "LSTM (full BPTT)",
+          "sab": "SAB (k_trunc 10, k_top 10)"}  # TASK_DEFAULTS: k 10 beyond copy
+TABLES = {
+    "sab-copy": ("SAB Table 1: copy memory, test accuracy (%) on the 10 recalled digits", [
+        tasks.row(f"{_COPY[m]}, T={T}", "copy", m, f"T{T}", f"--seq-len {T}",
+                  f"--seq-len {T // 10}", seeds=2 if m == "sab" else 1,
+                  paper=PAPER.get(("copy", m, T), "UNCONFIRMED"))
+        for T in (100, 200, 300) for m in ("lstm", "tbptt", "attn", "sab")]),
+    "sab-transfer": ("SAB Table 5: copy, trained at T=100, tested on longer sequences "
+                     "(accuracy %)", [
+        tasks.row(f"{_COPY[m]}, trained T=100, tested T={T}", "copy", m, "T100",
+                  f"--seq-len 100 --eval-only --test-seq-len {T}",
+                  f"--seq-len 10 --eval-only --test-seq-len {T // 10}",
+                  seeds=2 if m == "sab" else 1, test_ratio=T // 100)
+        for T in (200, 300, 400, 2000, 5000) for m in ("sab", "lstm", "attn")]),
+    "sab-other": ("SAB: adding (MSE), pMNIST and CIFAR-10 (accuracy %), PTB and text8 (BPC)", [
+        tasks.row(f"{_OTHER[m]}, {t}", t, m, tag, quick="--time-budget 1", ckpt=True,
+                  metric=metric)
+        for t, tag, metric in [("adding", "T200", "test_mse"), ("pmnist", "T784", "test_acc"),
+                               ("cifar10", "T1024", "test_acc"), ("ptb", "T100", "test_bpc"),
+                               ("text8", "T180", "test_bpc")]
+        for m in ("tbptt", "lstm", "sab")]),
+}
+
 
 def parse_args(argv=None):
-    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS)
+    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS,
+                            tasks.defaults_epilog(DEFAULTS, TASK_DEFAULTS, QUICK))
     p.add_argument("--k-top", type=tasks.nonneg_int, help="memories attended per step")
     p.add_argument("--k-att", type=tasks.positive_int, help="write a memory every k_att steps")
     p.add_argument("--k-trunc", type=tasks.nonneg_int, help="local truncated BPTT length (0: full)")
@@ -406,16 +450,23 @@ def parse_args(argv=None):
     p.add_argument("--adam-eps", type=tasks.positive_float,
                    help="Adam's epsilon (default 1e-8, torch's); larger bounds the step size once "
                         "gradients are tiny")
+    p.add_argument("--att-eps", type=tasks.positive_float,
+                   help="epsilon of the sparse attention's normalisation w / (sum w + eps)")
+    p.add_argument("--key-grad", dest="detach_keys", action="store_false", default=None,
+                   help="memories also get gradient through their keys W_k m_i (the paper's "
+                        "backward; default: through the attention's value path only, which "
+                        "keeps gradients from growing along chains of attention)")
     p.add_argument("--warmup", type=tasks.nonneg_int,
                    help="linear learning-rate warm-up over this many steps (default 0)")
-    p.add_argument("--eval-only", action="store_true",
-                   help="evaluate the best checkpoint of this run on the test set and exit")
     args = p.parse_args(argv)
     args.seq_len_given = args.seq_len is not None
     cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})}
+    if args.model == "attn":  # the baseline is standard self-attention: gradient through keys
+        cfg["detach_keys"] = False
     for k, v in cfg.items():  # command line wins over task defaults
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    tasks.check_args(p, args)
     if args.model == "tbptt":
         args.k_top = 0
     if args.model in ("lstm", "attn"):
@@ -432,10 +483,11 @@ def parse_args(argv=None):
                 f"{length} steps with --k-att {args.k_att} writes only {capacity} memories")
     if args.model == "sab" and args.k_top == 0:
         p.error("--model sab needs --k-top >= 1 (k_top 0 is --model tbptt)")
-    if not args.clip >= 0:  # a negative max-norm would flip the gradient
-        p.error(f"--clip {args.clip}: must be >= 0 (0: no clipping)")
     if args.h0_memory and args.model not in ("sab", "attn"):
         p.error(f"--h0-memory: --model {args.model} has no attention memory")
+    if args.test_seq_len and args.task not in ("copy", "adding"):
+        p.error(f"--test-seq-len: only copy and adding can be tested at another T, not "
+                f"{args.task}")
     args.tag = args.tag or f"T{args.seq_len}" + ("-quick" if args.quick else "")
     return args
 
@@ -449,7 +501,8 @@ def checkpoint_segment(k_trunc, seq_len):
 def build_model(args, task):
     return Net(task.n_in, task.n_out, args.hidden_size, per_step=task.kind in ("copy", "lm"),
                head=args.head, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
-               attention="dense" if args.model == "attn" else "sparse", h0_memory=args.h0_memory)
+               attention="dense" if args.model == "attn" else "sparse", h0_memory=args.h0_memory,
+               norm_eps=args.att_eps, detach_keys=args.detach_keys)
 
 
 def load(path, device="cpu"):
@@ -573,13 +626,10 @@ def run_benchmark(args, device, amp_dtype):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = tasks.pick_device(args.device)
-    amp_dtype, use_scaler = tasks.amp_settings(args.amp, device)
-    torch.manual_seed(args.seed)
+    device, amp_dtype, use_scaler = tasks.setup(args)
     if args.benchmark:
         return run_benchmark(args, device, amp_dtype)
+    tasks.Run.preflight("sab.py", args)  # refusals before any data is loaded
     try:
         task = tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
                                args.test_seq_len, eval_size=args.eval_size)
@@ -590,112 +640,39 @@ def main(argv=None):
         model.rnn.checkpoint_every = checkpoint_segment(args.k_trunc, args.seq_len)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    metric, larger_is_better = tasks.SELECT[task.kind]
+    run = tasks.Run("sab.py", args, task, model, dict(opt=opt, scaler=scaler), device, argv,
+                    meta=dict(net=model.config))  # resume, lock, Ctrl-C, checkpoints, results
 
-    name = f"sab-{args.task}-{args.model}-{args.tag}"
-    last_path = os.path.join(args.out_dir, "ckpt", name + ".pt")
-    best_path = os.path.join(args.out_dir, "ckpt", name + "-best.pt")
-    step, best, history, elapsed = 0, None, [], 0.0
-    if args.resume or args.eval_only:
-        if not os.path.exists(last_path):
-            raise SystemExit(f"error: no checkpoint {last_path} to resume from (check --task, "
-                             f"--model, --tag / --seq-len / --quick and --out-dir)")
-        ck = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        scaler.load_state_dict(ck["scaler"])
-        tasks.set_rng_state(ck["rng"])
-        step, best, history, elapsed = ck["step"], ck["best"], ck["history"], ck["elapsed"]
-
-    print(f"== sab.py | task: {task.description}")
-    print(f"== config: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
-    print(f"== device: {device} ({tasks.hardware(device)}), amp={amp_dtype}, seed={args.seed}, "
-          f"params={sum(p.numel() for p in model.parameters()):,}"
-          + (f", resumed at step {step}" if step else ""))
-
-    def save_last():
-        tasks.save_checkpoint(last_path, dict(
-            model=model.state_dict(), opt=opt.state_dict(), scaler=scaler.state_dict(),
-            rng=tasks.rng_state(), step=step, best=best, history=history, elapsed=elapsed,
-            config=vars(args), net=model.config))
-
-    from tqdm import tqdm
-    t_start = time.time() - elapsed
     grad_norms = []  # gradient norms before clipping since the last evaluation
-    bar = tqdm(total=args.steps, initial=step, disable=args.eval_only or step >= args.steps,
-               mininterval=5, desc=name, dynamic_ncols=True)
-    while step < args.steps and not args.eval_only:
-        x, y = (v.to(device) for v in task.train_batch(step))
+    while run.training():
+        x, y = (v.to(device) for v in task.train_batch(run.step))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
         loss, _ = tasks.loss_and_stats(task.kind, out, y, stats=False)
-        if not torch.isfinite(loss):
-            bar.close()
-            raise SystemExit(f"error: non-finite loss {loss.item()} at step {step}; stopping. "
-                             f"The last good checkpoint is {last_path} (step "
-                             f"{history[-1]['step'] if history else 0}).")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         # the norm before clipping, kept as a tensor (no host sync) for the run history
         grad_norms.append(nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf))
         for group in opt.param_groups:
-            group["lr"] = learning_rate(args, step)
+            group["lr"] = learning_rate(args, run.step)
         scaler.step(opt)
         scaler.update()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        out_of_time = args.time_budget and time.time() - t_start > args.time_budget * 60
-        if step % args.eval_every == 0 or step == args.steps or out_of_time:
-            val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size,
-                           diagnostics=True)
-            elapsed = time.time() - t_start
+        run.step_done(loss)
+        if run.eval_due():
             norms = torch.stack(grad_norms).float()
-            grad_stats = dict(grad_norm=norms.mean().item(), grad_norm_max=norms.max().item(),
-                              clipped=(norms > args.clip).float().mean().item() if args.clip
-                              else 0.0, lr=learning_rate(args, step - 1))
             grad_norms = []
-            history.append(dict(step=step, loss=loss.item(), seconds=round(elapsed, 1), **val,
-                                **grad_stats))
-            if best is None or (val[metric] > best if larger_is_better else val[metric] < best):
-                best = val[metric]
-                tasks.save_checkpoint(best_path, dict(model=model.state_dict(), step=step,
-                                                      net=model.config))
-            save_last()
-            bar.write(f"step {step}: loss {loss.item():.4f} "
-                      + " ".join(f"{k} {v:.4f}" for k, v in val.items())
-                      + f" (best {metric} {best:.4f}, {elapsed / 60:.1f} min)")
-        if out_of_time:
-            bar.write(f"time budget of {args.time_budget} min reached at step {step}")
-            break
-    bar.close()
+            run.log(evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size,
+                             diagnostics=True),
+                    loss=loss.item(), grad_norm=norms.mean().item(),
+                    grad_norm_max=norms.max().item(), lr=learning_rate(args, run.step - 1),
+                    clipped=(norms > args.clip).float().mean().item() if args.clip else 0.0)
 
-    # Report the test metric at the best validation checkpoint (coRNN's convention; IndRNN's
-    # code tests after the last learning-rate drop, TCN averages the last epochs).
-    ck = torch.load(best_path, map_location=device, weights_only=False)
-    model.load_state_dict(ck["model"])
-    t_test = time.time()
-    test = evaluate(model, task, "test", device, amp_dtype, limit=args.test_size)
-    test_seconds = time.time() - t_test
-    val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
+    # Test at the best validation checkpoint (coRNN's convention; IndRNN's code tests after the
+    # last learning-rate drop, TCN averages the last epochs).
     test_T = args.test_seq_len or args.seq_len
-    record = dict(
-        script="sab.py", config=vars(args), task=task.description,
-        metric=tasks.SELECT[task.kind][0].replace("valid", "test"),
-        paper=PAPER.get((args.task, args.model, test_T), "UNCONFIRMED"),
-        metrics={**test, **val}, best_step=ck["step"], steps_done=step, history=history,
-        wall_seconds=elapsed, test_seconds=test_seconds,
-        peak_memory_mb=tasks.peak_memory_mb(device), device=str(device),
-        hardware=tasks.hardware(device), torch=torch.__version__, git_commit=tasks.git_commit(),
-        command="python " + " ".join(sys.argv) if argv is None else "sab.main(" + str(argv) + ")")
-    suffix = f"-test{test_T}" if test_T != args.seq_len else ""
-    path = tasks.write_results(os.path.join(args.out_dir, name + suffix + ".json"), record)
-    print(f"== test at best validation step {ck['step']}: "
-          + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {record['paper']}"
-          + f" | test {test_seconds:.0f} s, peak memory {record['peak_memory_mb']:.0f} MiB")
-    print(f"== wrote {path}")
-    return record
+    return run.finish(lambda split, limit: evaluate(model, task, split, device, amp_dtype, limit),
+                      paper=PAPER.get((args.task, args.model, test_T), "UNCONFIRMED"))
 
 
 if __name__ == "__main__":

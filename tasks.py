@@ -14,6 +14,8 @@ classification, (B,) floats for regression (adding).
 Run `python tasks.py table results/*.json` to print the results table from finished runs.
 """
 import argparse
+import atexit
+import gzip
 import hashlib
 import json
 import math
@@ -22,15 +24,18 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.request
 import zipfile
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 PMNIST_SEED = 92916     # the one fixed pixel permutation of pMNIST, the same in every script
 SPLIT_SEED = 1234       # which 5% of a training set is held out for validation
@@ -87,7 +92,7 @@ def adding_batch(batch_size, seq_len, generator):
     return torch.stack([values, marker], dim=2), y
 
 
-def _step_generator(seed, step):
+def step_generator(seed, step):
     """A generator whose state depends on (seed, step) only, so a resumed run sees the same data."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -114,7 +119,7 @@ class SyntheticTask:
                 f"test T={self.test_seq_len}")
 
     def train_batch(self, step):
-        return self.make(self.batch_size, self.seq_len, _step_generator(self.seed, step))
+        return self.make(self.batch_size, self.seq_len, step_generator(self.seed, step))
 
     def eval_batches(self, split, limit=None):
         """Yields (x, y) batches of a fixed set of `limit` (default eval_size) samples; the test
@@ -135,10 +140,40 @@ def _torchvision_dataset(cls, root, train):
     except Exception as e:  # network errors, corrupted archives, ...
         files = ", ".join(name for name, _ in getattr(cls, "resources", [])) or cls.filename
         where = os.path.join(root, "MNIST", "raw") if cls.__name__ == "MNIST" else root
+        from torchvision.datasets.utils import check_integrity
+        for name, md5 in getattr(cls, "resources", []):
+            path = os.path.join(where, name)
+            if os.path.exists(path) and not check_integrity(path, md5):
+                raise DataError(f"{path} is corrupt (MD5 differs from the official file): "
+                                f"delete it, or put the official file there") from e
         raise DataError(
             f"{cls.__name__} is missing from {os.path.abspath(root)} and could not be downloaded "
             f"({type(e).__name__}: {e}). Put the official files ({files}) into "
             f"{os.path.abspath(where)}, or run once with network access.") from e
+
+
+def _check_mnist(ds, root, train):
+    """Compares what torchvision loaded (its extracted copies) with the official .gz archives,
+    after their MD5 check: a changed pixel or label, or a corrupt archive, is a DataError that
+    names the file to delete."""
+    from torchvision.datasets.utils import check_integrity
+    raw = os.path.join(root, "MNIST", "raw")
+    for (name, md5), loaded in zip([r for r in ds.resources if r[0].startswith(
+            "train" if train else "t10k")], (ds.data, ds.targets)):
+        archive = os.path.join(raw, name)
+        if not check_integrity(archive, md5):
+            raise DataError(f"{archive} is corrupt (MD5 differs from the official file): delete "
+                            f"it and run again (it is downloaded), or put the official file there")
+        with gzip.open(archive, "rb") as f:
+            data = f.read()
+        dims = int.from_bytes(data[2:4], "big") & 0xFF  # IDX header: magic, then dims x uint32
+        shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+        official = torch.frombuffer(bytearray(data[4 + 4 * dims:]), dtype=torch.uint8)
+        if list(loaded.shape) != shape or not torch.equal(loaded.reshape(-1).to(torch.uint8),
+                                                          official):
+            extracted = os.path.join(raw, name[:-3])
+            raise DataError(f"{extracted} differs from its verified archive {name}: delete it "
+                            f"(it is extracted again)")
 
 
 def holdout(n):
@@ -159,11 +194,11 @@ class EpochShuffle:
         epoch, i = divmod(step, max(n // self.batch_size, 1))
         if self._epoch != epoch:
             self._epoch = epoch
-            self._order = torch.randperm(n, generator=_step_generator(self.seed, epoch))
+            self._order = torch.randperm(n, generator=step_generator(self.seed, epoch))
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
 
-def _image_splits(x_train, y_train, test):
+def image_splits(x_train, y_train, test):
     """{"train", "valid", "test"} (x, y) pairs of an image-like task (see `holdout`)."""
     train, valid = holdout(len(x_train))
     return {"train": (x_train[train], y_train[train]), "valid": (x_train[valid], y_train[valid]),
@@ -184,6 +219,9 @@ class ImageTask(EpochShuffle):
         self.kind = "classify"
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.MNIST
         train, test = (_torchvision_dataset(cls, data_dir, t) for t in (True, False))
+        if name != "cifar10":
+            _check_mnist(train, data_dir, True)
+            _check_mnist(test, data_dir, False)
         if name == "cifar10":  # (N, 32, 32, 3) uint8 numpy -> (N, 1024, 3), row-major scan
             to_seq = lambda d: torch.as_tensor(d.data).reshape(len(d.data), 1024, 3)
             self.n_in, self.seq_len = 3, 1024
@@ -195,7 +233,7 @@ class ImageTask(EpochShuffle):
         if name == "pmnist":
             perm = torch.randperm(784, generator=torch.Generator().manual_seed(PMNIST_SEED))
             x_train, x_test = x_train[:, perm], x_test[:, perm]
-        self.data = _image_splits(x_train, y_train, (x_test, y_test))
+        self.data = image_splits(x_train, y_train, (x_test, y_test))
         n_val = len(self.data["valid"][0])
         self.n_out = 10
         self.vocab = 256 if as_tokens else None
@@ -243,7 +281,7 @@ TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 TEXT8_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"  # of `text8`
 
 
-def _checksum(path, algo):
+def checksum(path, algo):
     h = hashlib.new(algo)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -251,18 +289,18 @@ def _checksum(path, algo):
     return h.hexdigest()
 
 
-def _download(url, dest):
+def download(url, dest):
     tmp = dest + ".part"
     with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
         shutil.copyfileobj(r, f)
     os.replace(tmp, dest)
 
 
-def _verified(path, digest, algo="md5"):
+def verified(path, digest, algo="md5"):
     """True if `path` exists with the right checksum; raises DataError if it exists corrupted."""
     if not os.path.exists(path):
         return False
-    if _checksum(path, algo) != digest:
+    if checksum(path, algo) != digest:
         raise DataError(f"{path} fails its {algo} checksum (expected {digest}): the file is "
                         f"corrupted or truncated. Delete it and run again to download it.")
     return True
@@ -278,15 +316,15 @@ def ensure_ptb(data_dir):
     paths = {s: os.path.join(folder, name) for s, (name, _) in PTB_FILES.items()}
     errors = []
     for split, (name, md5) in PTB_FILES.items():
-        if _verified(paths[split], md5):
+        if verified(paths[split], md5):
             continue
         try:
-            _download(_PTB_RAW + name, paths[split])
+            download(_PTB_RAW + name, paths[split])
         except OSError as e:
             errors.append(f"{_PTB_RAW + name}: {e}")
             try:  # the original tarball, which has moved before
                 tgz = os.path.join(folder, "simple-examples.tgz")
-                _download(_PTB_TGZ, tgz)
+                download(_PTB_TGZ, tgz)
                 with tarfile.open(tgz) as tar:
                     member = tar.extractfile(f"./simple-examples/data/{name}")
                     with open(paths[split], "wb") as f:
@@ -298,7 +336,7 @@ def ensure_ptb(data_dir):
                 f"char-level Penn Treebank file {name} is missing from {folder} and could not be "
                 f"downloaded ({'; '.join(errors)}). Put ptb.char.train.txt, ptb.char.valid.txt and "
                 f"ptb.char.test.txt (Mikolov's simple-examples/data) into {folder}.")
-        _verified(paths[split], md5)
+        verified(paths[split], md5)
     return paths
 
 
@@ -306,19 +344,19 @@ def ensure_text8(data_dir):
     """Returns the path of `<data_dir>/text8/text8` (100M characters), downloading it if missing."""
     folder = os.path.join(data_dir, "text8")
     path = os.path.join(folder, "text8")
-    if _verified(path, TEXT8_SHA256, "sha256"):
+    if verified(path, TEXT8_SHA256, "sha256"):
         return path
     os.makedirs(folder, exist_ok=True)
     zpath = path + ".zip"
     try:
         if not os.path.exists(zpath):
-            _download(TEXT8_URL, zpath)
+            download(TEXT8_URL, zpath)
         with zipfile.ZipFile(zpath) as z:
             z.extract("text8", folder)
     except (OSError, zipfile.BadZipFile, KeyError) as e:
         raise DataError(f"text8 is missing from {folder} and could not be downloaded from "
                         f"{TEXT8_URL} ({e}). Put the unzipped file `text8` into {folder}.") from e
-    _verified(path, TEXT8_SHA256, "sha256")
+    verified(path, TEXT8_SHA256, "sha256")
     return path
 
 
@@ -376,436 +414,21 @@ class CharLMTask:
             yield self._window(split, i)
 
 
-# ----------------------------------------------------------------------------------------------
-# NTU RGB+D skeletons (indrnn.py). The data needs registration with its owners, so nothing here
-# downloads it: the loader parses the official `.skeleton` text files once and caches arrays.
-
-NTU_URL = "https://rose1.ntu.edu.sg/dataset/actionRecognition/"
-NTU_ZIP = "nturgbd_skeletons_s001_to_s017.zip"
-# Shahroudy et al. 2016, section 4: the 20 training subjects of the cross-subject protocol; the
-# cross-view protocol trains on cameras 2 and 3 and tests on camera 1.
-NTU_CS_TRAIN_SUBJECTS = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
-NTU_CV_TRAIN_CAMERAS = {2, 3}
-
-
-def parse_skeleton(path, bodies=2, joints=25):
-    """Parses one official NTU RGB+D `.skeleton` file.
-
-    The format (one number group per line): frame count; then per frame a body count and per
-    body a line of 10 body fields (bodyID first), a joint count and one line of 12 fields per
-    joint (x y z in metres first). Keeps the `bodies` bodyIDs tracked in the most frames, in order
-    of first appearance; an absent body is zeros.
-
-    Returns:
-        FloatTensor (n_frames, bodies * joints * 3): x, y, z of every joint of every body.
-    Raises:
-        DataError: if the file does not follow the format (the message names the file and line).
-    """
-    with open(path) as f:
-        lines = f.read().split("\n")
-    pos = 0
-
-    def take():
-        nonlocal pos
-        pos += 1
-        return lines[pos - 1].split()
-    frames = []  # per frame: {bodyID: (joints, 3) list}
-    try:
-        for _ in range(int(take()[0])):
-            frame = {}
-            for _ in range(int(take()[0])):
-                body_id = take()[0]
-                coords = [[float(v) for v in take()[:3]] for _ in range(int(take()[0]))]
-                if len(coords) != joints:
-                    raise ValueError(f"{len(coords)} joints, expected {joints}")
-                frame[body_id] = coords
-            frames.append(frame)
-    except (ValueError, IndexError) as e:
-        raise DataError(f"{path}: not an NTU RGB+D .skeleton file near line {pos} ({e})") from e
-    counts = {}
-    for frame in frames:
-        for body_id in frame:
-            counts[body_id] = counts.get(body_id, 0) + 1
-    keep = sorted(counts, key=lambda b: -counts[b])[:bodies]    # the most tracked bodies ...
-    keep = [b for b in counts if b in keep]                     # ... in order of appearance
-    out = torch.zeros(len(frames), bodies, joints, 3)
-    for t, frame in enumerate(frames):
-        for slot, body_id in enumerate(keep):
-            if body_id in frame:
-                out[t, slot] = torch.tensor(frame[body_id])
-    return out.reshape(len(frames), bodies * joints * 3)
-
-
-def load_ntu(data_dir):
-    """All NTU RGB+D 60 skeleton sequences as one cached dict, parsed on first use.
-
-    Reads `<data_dir>/ntu/nturgb+d_skeletons/S###C###P###R###A###.skeleton` and caches
-    `<data_dir>/ntu/skeletons.pt`: frames (F, 150) float16, centred on the mean base-of-spine
-    joint of the first body; offsets (N+1,) into frames; label (N,) 0..59; subject, camera (N,).
-    Raises DataError saying what to obtain and where to put it when the files are missing.
-    """
-    folder = os.path.join(data_dir, "ntu")
-    cache = os.path.join(folder, "skeletons.pt")
-    if os.path.exists(cache):
-        return torch.load(cache)
-    src = os.path.join(folder, "nturgb+d_skeletons")
-    names = sorted(n for n in os.listdir(src) if n.endswith(".skeleton")) \
-        if os.path.isdir(src) else []
-    if not names:
-        raise DataError(
-            f"NTU RGB+D skeletons are missing: no .skeleton files in {os.path.abspath(src)}. The "
-            f"data needs registration: request it at {NTU_URL}, download {NTU_ZIP} (NTU RGB+D 60, "
-            f"3D skeletons) and unzip it into {os.path.abspath(folder)} so that files such as "
-            f"{os.path.join(src, 'S001C001P001R001A001.skeleton')} exist. The first run parses "
-            f"them once into {cache}.")
-    seqs, meta = [], []
-    for name in names:
-        x = parse_skeleton(os.path.join(src, name))             # (n, 150)
-        first = x[:, :3]                                        # base of spine, first body
-        present = first.abs().sum(1) > 0
-        if present.any():
-            centre = first[present].mean(0).repeat(50)          # (150,)
-            x = torch.where(x != 0, x - centre, x)              # absent joints stay zero
-        seqs.append(x.half())
-        meta.append([int(name[i + 1:i + 4]) for i in (0, 4, 8, 12, 16)])  # S C P R A
-    meta = torch.tensor(meta)
-    lengths = torch.tensor([0] + [len(s) for s in seqs])
-    data = dict(frames=torch.cat(seqs), offsets=lengths.cumsum(0), label=meta[:, 4] - 1,
-                subject=meta[:, 2], camera=meta[:, 1], names=names)
-    save_checkpoint(cache, data)
-    return data
-
-
-class NTUTask(EpochShuffle):
-    """NTU RGB+D 60 action recognition from 3D skeletons, `frames` frames per sequence.
-
-    Each sequence is cut into `frames` equal segments; training takes a random frame from each
-    (fresh every epoch), evaluation the middle frame. Input (frames, B, 150): x, y, z of 25 joints
-    of two bodies (the second zero if absent). Protocol "cs" (cross-subject) or "cv" (cross-view);
-    5% of the training set (seed SPLIT_SEED) is held out for validation.
-    """
-
-    def __init__(self, protocol, batch_size, data_dir, seed, frames=20):
-        if protocol not in ("cs", "cv"):
-            raise ValueError(f"NTU protocol must be 'cs' or 'cv', got {protocol!r}")
-        d = load_ntu(data_dir)
-        self.frames_all, self.offsets = d["frames"], d["offsets"]
-        self.batch_size, self.seed, self.seq_len = batch_size, seed, frames
-        self.kind, self.n_in, self.n_out = "classify", 150, 60
-        if protocol == "cs":
-            train = torch.tensor([int(s) in NTU_CS_TRAIN_SUBJECTS for s in d["subject"]])
-        else:
-            train = torch.tensor([int(c) in NTU_CV_TRAIN_CAMERAS for c in d["camera"]])
-        train_idx, test_idx = train.nonzero().squeeze(1), (~train).nonzero().squeeze(1)
-        train, valid = holdout(len(train_idx))
-        n_val = len(valid)
-        self.index = {"train": train_idx[train], "valid": train_idx[valid], "test": test_idx}
-        self.label = d["label"]
-        self.description = (
-            f"ntu ({'cross-subject' if protocol == 'cs' else 'cross-view'}): {frames} frames per "
-            f"sequence (random frame per segment in training, middle frame in evaluation), 150 "
-            f"features (2 bodies x 25 joints x xyz); train {len(self.index['train'])} / valid "
-            f"{n_val} (5%, seed {SPLIT_SEED}) / test {len(test_idx)}; metric accuracy")
-
-    def _batch(self, idx, generator=None):
-        start, n = self.offsets[idx], self.offsets[idx + 1] - self.offsets[idx]  # (B,), (B,)
-        seg = torch.arange(self.seq_len + 1)[:, None] * n[None] / self.seq_len   # (S+1, B)
-        pos = torch.rand(self.seq_len, len(idx), generator=generator) if generator else 0.5
-        t = (seg[:-1] + pos * (seg[1:] - seg[:-1])).long().clamp(max=(n - 1).clamp(min=0))
-        x = self.frames_all[(start + t).clamp(max=len(self.frames_all) - 1)].float()  # (S, B, 150)
-        x[:, n == 0] = 0.0                                                        # empty files
-        return x, self.label[idx]
-
-    def train_batch(self, step):
-        idx = self.index["train"]
-        batch = idx[self._epoch_indices(len(idx), step)]
-        return self._batch(batch, _step_generator(self.seed + 1, step))
-
-    def eval_batches(self, split, limit=None):
-        idx = self.index[split]
-        idx = idx if limit is None else idx[:limit]
-        for start in range(0, len(idx), self.batch_size):
-            yield self._batch(idx[start:start + self.batch_size])
-
-
-# --- StanfordDogs and DBpedia (rlstm.py) ---
-# Trinh et al. 2018, section 4.3-4.4: StanfordDogs images as pixel sequences (up to 16384 steps)
-# and DBpedia character-level classification. Both are downloaded into --data-dir when missing.
-
-DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs/"
-# The official layout (the dataset's README.txt): images.tar holds Images/<wnid>-<breed>/*.jpg;
-# lists.tar holds file_list.mat, train_list.mat and test_list.mat, MATLAB files whose `file_list`
-# is a cell array of '<wnid>-<breed>/<name>.jpg' paths and `labels` the classes 1..120.
-# Official split: 12,000 training images (100 per class) and 8,580 test images. The site
-# publishes no checksums, so the files are checked by these counts instead.
-DOGS_SPLIT_SIZES = {"train": 12_000, "test": 8_580}
-
-
-def read_mat5(path):
-    """Reads the numeric and char arrays and the cell arrays of them from a MATLAB v5 (-v6/-v7)
-    .mat file, with torch and the standard library only (scipy is not a dependency).
-
-    Returns {name: value}: a char array gives a str, a numeric array a list of floats (column-
-    major), a cell array a list of such values. Raises DataError for other files (e.g. -v7.3).
-    """
-    import struct
-    import zlib
-    with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 128 or raw[126:128] != b"IM" or raw[124:126] != b"\x00\x01":
-        raise DataError(f"{path} is not a little-endian MATLAB v5 .mat file (MATLAB -v7.3 / HDF5 "
-                        f"files are not supported)")
-    numeric = {1: "b", 2: "B", 3: "h", 4: "H", 5: "i", 6: "I", 7: "f", 9: "d", 12: "q", 13: "Q"}
-
-    def elements(buf):
-        pos = 0
-        while pos + 8 <= len(buf):
-            kind, size = struct.unpack_from("<II", buf, pos)
-            if kind >> 16:  # small data element: size and type packed in 4 bytes
-                kind, size, start, pos = kind & 0xFFFF, kind >> 16, pos + 4, pos + 8
-            else:
-                start = pos + 8
-                pos = start + (size if kind == 15 else (size + 7) // 8 * 8)
-            yield kind, buf[start:start + size]
-
-    def value(kind, data):
-        if kind == 15:
-            return [value(*e) for e in elements(zlib.decompress(data))][0]
-        if kind == 16:
-            return data.decode("utf-8")
-        if kind in numeric:
-            return list(struct.unpack(f"<{len(data) // struct.calcsize(numeric[kind])}"
-                                      f"{numeric[kind]}", data))
-        if kind != 14:
-            raise DataError(f"{path}: unsupported MATLAB data type {kind}")
-        parts = list(elements(data))
-        cls = struct.unpack_from("<I", parts[0][1])[0] & 0xFF
-        name = parts[2][1].decode("latin-1")
-        if cls == 1:    # cell array: one matrix element per cell
-            return name, [value(*p)[1] for p in parts[3:]]
-        if cls == 4:    # char array
-            chars = value(*parts[3]) if parts[3][0] != 16 else parts[3][1].decode("utf-8")
-            return name, chars if isinstance(chars, str) else "".join(map(chr, chars))
-        if 6 <= cls <= 15:
-            return name, [float(v) for v in value(*parts[3])]
-        raise DataError(f"{path}: unsupported MATLAB array class {cls} in {name!r}")
-
-    out = {}
-    for kind, data in elements(raw[128:]):
-        item = value(kind, data)
-        if isinstance(item, tuple):
-            out[item[0]] = item[1]
-    return out
-
-
-def _fetch_and_extract(url, folder, archive, errors):
-    """Downloads url into folder/archive if missing and extracts it there; appends errors."""
-    path = os.path.join(folder, archive)
-    try:
-        if not os.path.exists(path):
-            _download(url, path)
-        with tarfile.open(path) as tar:
-            tar.extractall(folder, filter="data")
-    except (OSError, tarfile.TarError) as e:
-        errors.append(f"{url}: {e}")
-
-
-def load_stanford_dogs(data_dir, side):
-    """StanfordDogs images as uint8 pixel sequences (N, side*side, 3), row-major RGB scan.
-
-    Reads the official layout under `<data_dir>/stanford_dogs/` (Images/ and the three lists),
-    downloading and extracting images.tar and lists.tar when missing. Every image is centre-
-    cropped to a square and resized to side x side (antialiased bilinear; the paper's
-    preprocessing is UNCONFIRMED); the result is cached as `cache_<side>.pt`.
-    Returns {"train": (x, y), "test": (x, y)}, y LongTensor of classes 0..119.
-    """
-    import warnings
-    import torchvision
-    folder = os.path.join(data_dir, "stanford_dogs")
-    cache = os.path.join(folder, f"cache_{side}.pt")
-    if os.path.exists(cache):
-        return torch.load(cache)
-    os.makedirs(folder, exist_ok=True)
-    errors = []
-    for archive, marker in (("lists.tar", "train_list.mat"), ("images.tar", "Images")):
-        if not os.path.exists(os.path.join(folder, marker)):
-            _fetch_and_extract(DOGS_URL + archive, folder, archive, errors)
-    missing = [m for m in ("train_list.mat", "test_list.mat", "Images")
-               if not os.path.exists(os.path.join(folder, m))]
-    if missing:
-        raise DataError(f"StanfordDogs is missing {', '.join(missing)} in {folder} and could not "
-                        f"be downloaded ({'; '.join(errors) or 'no error'}). Put the official "
-                        f"images.tar and lists.tar from {DOGS_URL} into {folder}.")
-    out = {}
-    for split in ("train", "test"):
-        mat = read_mat5(os.path.join(folder, f"{split}_list.mat"))
-        files, labels = mat.get("file_list"), mat.get("labels")
-        if files is None or labels is None or len(files) != len(labels):
-            raise DataError(f"{split}_list.mat in {folder} lacks matching file_list and labels")
-        if len(files) != DOGS_SPLIT_SIZES[split]:
-            raise DataError(f"{split}_list.mat lists {len(files)} images, the official split has "
-                            f"{DOGS_SPLIT_SIZES[split]}: replace it with the file from lists.tar")
-        images = []
-        for name in files:
-            with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders
-                warnings.simplefilter("ignore", DeprecationWarning)
-                img = torchvision.io.decode_image(os.path.join(folder, "Images", name),
-                                                  mode=torchvision.io.ImageReadMode.RGB)
-            s = min(img.shape[1:])
-            top, left = (img.shape[1] - s) // 2, (img.shape[2] - s) // 2
-            img = img[:, top:top + s, left:left + s][None].float()
-            img = F.interpolate(img, size=(side, side), mode="bilinear", antialias=True,
-                                align_corners=False)[0]
-            images.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
-                          .reshape(side * side, 3))
-        y = torch.tensor(labels, dtype=torch.long) - 1
-        if y.min() < 0 or y.max() > 119:
-            raise DataError(f"{split}_list.mat has labels outside 1..120")
-        out[split] = (torch.stack(images), y)
-    torch.save(out, cache)
-    return out
-
-
-class StanfordDogsTask(ImageTask):
-    """StanfordDogs (120 breeds) as RGB pixel sequences of T = side^2 steps x 3 channels.
-
-    T must be a square (the paper's longest sequences are 16384 = 128 x 128). 5% of the official
-    training list is held out for validation (seed SPLIT_SEED); the test split is the official one.
-    """
-
-    def __init__(self, seq_len, batch_size, data_dir, seed, as_tokens=False):
-        side = math.isqrt(seq_len)
-        if side * side != seq_len:
-            raise ValueError(f"stanford_dogs needs a square seq_len (side^2, e.g. 1024, 4096, "
-                             f"16384), got {seq_len}")
-        self.name, self.batch_size, self.seed, self.as_tokens = "stanford_dogs", batch_size, seed, \
-            as_tokens
-        self.kind = "classify"
-        data = load_stanford_dogs(data_dir, side)
-        self.data = _image_splits(*data["train"], data["test"])
-        n_val, test = len(self.data["valid"][0]), data["test"]
-        self.n_in, self.seq_len, self.n_out = 3, seq_len, 120
-        self.vocab = 256 if as_tokens else None
-        self.description = (
-            f"stanford_dogs: {side}x{side} RGB (centre crop, resize), {seq_len} steps x 3 "
-            f"channels, pixels {'as tokens 0..255' if as_tokens else 'scaled to [0,1]'}; train "
-            f"{len(self.data['train'][0])} / valid {n_val} / test {len(test[0])} (official lists); "
-            f"metric accuracy")
-
-
-# DBpedia ontology classification (Zhang, Zhao & LeCun 2015): dbpedia_csv.tar.gz holds
-# dbpedia_csv/{train,test}.csv (rows `class,"title","content"`, classes 1..14, 560,000 / 70,000
-# rows) and classes.txt. URL and MD5 as in torchtext's DBpedia dataset; the second URL is a
-# mirror tried when Google Drive refuses, accepted only if it passes the same MD5.
-DBPEDIA_URLS = ("https://drive.google.com/uc?export=download&id=0Bz8a_Dbh9QhbQ2Vic1kxMmZZQ1k",
-                "https://s3.amazonaws.com/fast-ai-nlp/dbpedia_csv.tgz")
-DBPEDIA_MD5 = "dca7b1ae12b1091090db52aa7ec5ca64"
-# Zhang et al.'s 69-character alphabet plus space; 0 is padding, 1 any other character.
-DBPEDIA_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+=<>()[]{} "
-
-
-def load_dbpedia(data_dir):
-    """Returns {"train": (texts, labels), "test": (...)}: texts a list of str (title, a space,
-    content), labels LongTensor of classes 0..13. Downloads and extracts the CSV release into
-    `<data_dir>/dbpedia/` when missing; raises DataError if that fails or the files look wrong."""
-    import csv
-    folder = os.path.join(data_dir, "dbpedia")
-    csv_dir = os.path.join(folder, "dbpedia_csv")
-    errors = []
-    if not os.path.exists(os.path.join(csv_dir, "test.csv")):
-        os.makedirs(folder, exist_ok=True)
-        tgz = os.path.join(folder, "dbpedia_csv.tar.gz")
-        for url in DBPEDIA_URLS:
-            if os.path.exists(tgz):
-                break
-            try:
-                _download(url, tgz)
-                if _checksum(tgz, "md5") != DBPEDIA_MD5:
-                    os.remove(tgz)
-                    errors.append(f"{url}: not the standard release (MD5 differs)")
-            except OSError as e:
-                errors.append(f"{url}: {e}")
-        if os.path.exists(tgz):
-            _verified(tgz, DBPEDIA_MD5)
-            with tarfile.open(tgz) as tar:
-                tar.extractall(folder, filter="data")
-    paths = {s: os.path.join(csv_dir, f"{s}.csv") for s in ("train", "test")}
-    if not all(os.path.exists(p) for p in paths.values()):
-        raise DataError(f"DBpedia is missing from {csv_dir} and could not be downloaded "
-                        f"({'; '.join(errors)}). Put dbpedia_csv.tar.gz (MD5 {DBPEDIA_MD5}) into "
-                        f"{folder}, or its extracted dbpedia_csv/ folder with train.csv and test.csv.")
-    out = {}
-    for split, path in paths.items():
-        texts, labels = [], []
-        with open(path, newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.reader(f)):
-                if len(row) != 3 or not row[0].isdigit() or not 1 <= int(row[0]) <= 14:
-                    raise DataError(f"{path}, row {i + 1}: expected `class,\"title\",\"content\"` "
-                                    f"with class 1..14, got {row[:3]!r}")
-                labels.append(int(row[0]) - 1)
-                texts.append(row[1] + " " + row[2])
-        out[split] = (texts, torch.tensor(labels, dtype=torch.long))
-    return out
-
-
-def encode_chars(texts, seq_len):
-    """Lower-cased characters as tokens (DBPEDIA_ALPHABET: 2.., 1 other, 0 padding), the first
-    seq_len characters of each text, right-aligned (padding first). Returns uint8 (N, T, 1)."""
-    table = bytes(DBPEDIA_ALPHABET.index(chr(c)) + 2 if chr(c) in DBPEDIA_ALPHABET else 1
-                  for c in range(256))
-    out = torch.zeros(len(texts), seq_len, 1, dtype=torch.uint8)
-    for i, t in enumerate(texts):
-        b = t.lower().encode("latin-1", errors="replace")[:seq_len].translate(table)
-        if b:
-            out[i, seq_len - len(b):, 0] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
-    return out
-
-
-class DBpediaTask(ImageTask):
-    """DBpedia (14 classes) as character sequences of T steps: tokens (T, B) in 0..vocab-1.
-
-    5% of the training CSV is held out for validation (seed SPLIT_SEED); the test split is the
-    official test.csv. Always tokens (characters have no scale), whatever `as_tokens` says.
-    """
-
-    def __init__(self, seq_len, batch_size, data_dir, seed, as_tokens=True):
-        self.name, self.batch_size, self.seed, self.as_tokens = "dbpedia", batch_size, seed, True
-        self.kind = "classify"
-        raw = load_dbpedia(data_dir)
-        (texts, y_train), (test_texts, y_test) = raw["train"], raw["test"]
-        x_train, x_test = encode_chars(texts, seq_len), encode_chars(test_texts, seq_len)
-        self.data = _image_splits(x_train, y_train, (x_test, y_test))
-        n_val = len(self.data["valid"][0])
-        self.n_in, self.seq_len, self.n_out = 1, seq_len, 14
-        self.vocab = len(DBPEDIA_ALPHABET) + 2
-        self.description = (
-            f"dbpedia (char level): title + content, lower-cased, first {seq_len} characters "
-            f"right-aligned, vocab {self.vocab} (0 pad, 1 other); train "
-            f"{len(self.data['train'][0])} / valid {n_val} / test {len(x_test)}; metric accuracy")
-
-
-TASK_NAMES = ["copy", "adding", "mnist", "pmnist", "cifar10", "ptb", "text8", "ntu",
-              "stanford_dogs", "dbpedia"]
+TASK_NAMES = ["copy", "adding", "mnist", "pmnist", "cifar10", "ptb", "text8"]
 
 
 def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test_seq_len=None,
-              as_tokens=False, eval_size=1000, ntu_protocol="cs"):
-    """Builds a task by name (one of TASK_NAMES). Raises ValueError / DataError with a clear message.
+              as_tokens=False, eval_size=1000):
+    """Builds a shared task by name (one of TASK_NAMES; indrnn.py and rlstm.py add their own).
+    Raises ValueError / DataError with a clear message.
 
-    `seq_len` is T of copy / adding / ptb / text8 and the frames per sequence of ntu (default 20);
-    images have fixed lengths. `ntu_protocol` is "cs" (cross-subject) or "cv" (cross-view)."""
+    `seq_len` is T of copy / adding / ptb / text8; images have fixed lengths."""
     if name in ("copy", "adding"):
         return SyntheticTask(name, seq_len, batch_size, seed, test_seq_len, eval_size)
     if name in ("mnist", "pmnist", "cifar10"):
         return ImageTask(name, batch_size, data_dir, seed, as_tokens)
     if name in ("ptb", "text8"):
         return CharLMTask(name, seq_len, batch_size, data_dir)
-    if name == "ntu":
-        return NTUTask(ntu_protocol, batch_size, data_dir, seed, frames=seq_len or 20)
-    if name == "stanford_dogs":  # seq_len: side^2 pixels (default 4096 = 64 x 64)
-        return StanfordDogsTask(seq_len or 4096, batch_size, data_dir, seed, as_tokens)
-    if name == "dbpedia":        # seq_len: characters per document (default 1024)
-        return DBpediaTask(seq_len or 1024, batch_size, data_dir, seed)
     raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
 
 
@@ -881,44 +504,73 @@ SELECT = {"copy": ("valid_acc", True), "classify": ("valid_acc", True),
 # ----------------------------------------------------------------------------------------------
 # Command line: the flags every script shares, spelled the same everywhere.
 
-def positive_int(s):
-    """argparse type: an int > 0, else a one-line usage error."""
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+# Every numeric flag's valid range, in one place: argparse types that refuse anything else with a
+# one-line usage error naming the flag. Integers stay below 2^31 and floats are finite and at most
+# 1e6 in size, so that nothing that passes here overflows later (a seed, a size, a float32 lr).
+INT_MAX, FLOAT_MAX = 2**31 - 1, 1e6
 
 
-def nonneg_int(s):
-    """argparse type: an int >= 0, else a one-line usage error."""
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
-    return v
+def _number(cast, low, high, what):
+    def parse(s):
+        try:
+            v = cast(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
+        if not (math.isfinite(v) and low(v) and v <= high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
+        return v
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def positive_float(s):
-    """argparse type: a float > 0, else a one-line usage error."""
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
-    return v
+positive_int = _number(int, lambda v: v > 0, INT_MAX, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, INT_MAX, "a non-negative integer")
+positive_float = _number(float, lambda v: v > 0, FLOAT_MAX, f"a number in (0, {FLOAT_MAX:g}]")
+nonneg_float = _number(float, lambda v: v >= 0, FLOAT_MAX, f"a number in [0, {FLOAT_MAX:g}]")
+probability = _number(float, lambda v: v >= 0, 1.0, "a number in [0, 1]")
+fraction = _number(float, lambda v: v >= 0, 1.0 - 1e-9, "a number in [0, 1)")
 
 
-def common_parser(description, tasks, models):
-    """argparse parser with the shared flags. Defaults of None are filled in per task by the script."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only where it is one value for every task (the per-task
+    defaults are in the epilog); keeps the epilog's table as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def defaults_epilog(defaults, per_task, quick, per_model=None):
+    """The epilog of a script's --help: its defaults for every task, and what --quick sets."""
+    def show(d):  # --flag value; a switch that is on: --flag; off: left out
+        return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                        for k, v in d.items() if v is not False)
+    lines = ["defaults for every task: " + show(defaults), "", "per task (override the above):"]
+    lines += [f"  {task}: {show(d)}" for task, d in per_task.items()]
+    if per_model:
+        lines += ["", "per model and task:"]
+        lines += [f"  {m} on {task}: {show(d)}" for (m, task), d in per_model.items()]
+    lines += ["", "--quick sets (CPU scale, minutes):"]
+    lines += [f"  {task}: {show(d)}" for task, d in quick.items()]
+    return "\n".join(lines)
+
+
+def common_parser(description, tasks, models, epilog=None):
+    """argparse parser with the shared flags. Defaults of None are filled in per task by the
+    script (listed in `epilog`, see defaults_epilog)."""
+    p = argparse.ArgumentParser(description=description, epilog=epilog,
+                                formatter_class=_HelpFormatter)
     a = p.add_argument
-    a("--task", choices=tasks, default=tasks[0])
-    a("--model", choices=models, default=models[0])
+    a("--task", choices=tasks, default=tasks[0], help="the task to train on")
+    a("--model", choices=models, default=models[0], help="the model to train")
     a("--seq-len", type=positive_int, help="T (default: the paper's for the task)")
     a("--test-seq-len", type=positive_int, help="evaluate the test set at this T (transfer)")
-    a("--batch-size", type=positive_int)
-    a("--hidden-size", type=positive_int)
-    a("--layers", type=positive_int)
-    a("--lr", type=positive_float)
-    a("--clip", type=float, help="gradient-norm clip (0: none)")
+    a("--batch-size", type=positive_int, help="sequences per training batch")
+    a("--hidden-size", type=positive_int, help="units per recurrent layer")
+    a("--layers", type=positive_int, help="recurrent layers")
+    a("--lr", type=positive_float, help="learning rate")
+    a("--clip", type=nonneg_float, help="gradient-norm clip (0: none)")
     a("--steps", type=positive_int, help="training steps (optimizer updates)")
     a("--eval-every", type=positive_int, help="validate and checkpoint every N steps")
     a("--eval-size", type=positive_int,
@@ -927,21 +579,54 @@ def common_parser(description, tasks, models):
       help="test on the first N samples (windows for ptb, text8) only (default: the whole test "
            "set; the --quick presets of slow tasks set it, and the results record it)")
     a("--time-budget", type=positive_float, help="stop training after this many minutes")
-    a("--seed", type=int, default=0)
-    a("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    a("--seed", type=nonneg_int, default=0, help="seed of the weights and the training data")
+    a("--device", choices=["auto", "cpu", "cuda"], default="auto",
+      help="auto: cuda when torch sees a GPU")
     a("--amp", nargs="?", const="auto", default="off", choices=["off", "auto", "bf16", "fp16"],
       help="mixed precision under torch.autocast: bf16 where supported, else fp16 + GradScaler")
     a("--grad-checkpoint", action="store_true",
       help="recompute the forward pass in time segments (torch.utils.checkpoint)")
-    a("--data-dir", default="./data")
-    a("--out-dir", default="./results")
+    a("--data-dir", default="./data", help="datasets are read (and downloaded) here")
+    a("--out-dir", default="./results",
+      help="results JSON here, checkpoints in its ckpt/ folder")
     a("--tag", help="name suffix of the result and checkpoint files (default: T<seq-len>[-quick])")
     a("--resume", action="store_true", help="continue from the last checkpoint of this run name")
-    a("--quick", action="store_true", help="CPU-scale preset that runs in minutes")
+    a("--restart", action="store_true",
+      help="delete this run name's checkpoints and start over (without it an existing run is "
+           "refused)")
+    a("--eval-only", action="store_true",
+      help="no training: test the best checkpoint of this run name (with --test-seq-len: at "
+           "another T)")
+    a("--checkpoint-minutes", type=positive_float, default=5.0,
+      help="also write a checkpoint every this many minutes of wall time")
+    a("--quick", action="store_true",
+      help="CPU-scale preset that runs in minutes (what it sets per task: below)")
     a("--benchmark", action="store_true",
       help="time forward+backward and peak memory against nn.LSTM, then exit")
-    a("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    a("--threads", type=positive_int, default=1,
+      help="torch CPU threads; the numbers of a run depend on it (rounding), so the default is "
+           "the same on every machine")
     return p
+
+
+def check_args(p, args):
+    """The checks every script shares once its defaults are filled in: p.error, one line."""
+    for flag, T in (("--seq-len", args.seq_len), ("--test-seq-len", args.test_seq_len)):
+        if args.task == "adding" and T is not None and T < 2:
+            p.error(f"{flag} {T}: adding needs T >= 2 (one marker in each half)")
+    for flag, path in (("--data-dir", args.data_dir), ("--out-dir", args.out_dir)):
+        if os.path.isfile(path):
+            p.error(f"{flag} {path} is a file, not a folder")
+
+
+def setup(args):
+    """Threads, device, AMP and the seed for a run: returns (device, autocast dtype or None,
+    use GradScaler). SystemExit for a device or AMP mode this machine lacks."""
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    amp_dtype, use_scaler = amp_settings(args.amp, device)
+    torch.manual_seed(args.seed)
+    return device, amp_dtype, use_scaler
 
 
 def pick_device(name):
@@ -1075,6 +760,335 @@ def seeds_table(records):
     return "\n".join(rows)
 
 
+# ----------------------------------------------------------------------------------------------
+# The run harness: the bookkeeping around each script's training loop (which stays in the script).
+#
+#     run = tasks.Run("sab.py", args, task, model, dict(opt=opt, scaler=scaler), device)
+#     while run.training():
+#         ... one optimizer update on task.train_batch(run.step) ...
+#         run.step_done(loss)
+#         if run.eval_due():
+#             run.log(evaluate(...))
+#     return run.finish(lambda split, limit: evaluate(...), paper=...)
+#
+# What a run guarantees: checkpoints are written atomically (a kill leaves the old file or the
+# new one); a checkpoint with non-finite weights or validation metric is never written; Ctrl-C or
+# SIGTERM writes a checkpoint of the current step and prints the command that resumes; a
+# checkpoint is also written every --checkpoint-minutes; a run name is locked while its run lives;
+# an existing run is never overwritten without --restart; --resume refuses changed flags.
+
+# Flags that may differ on --resume: when and how long a run goes, where it reads and writes.
+# Every other flag shapes the model, the data or the optimizer and must match the checkpoint.
+RESUMABLE_FLAGS = {"steps", "time_budget", "eval_every", "test_size", "test_seq_len", "resume",
+                   "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
+                   "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark"}
+
+
+class Run:
+    """One training run's files, resume, lock, signals and results record.
+
+    Files under --out-dir, for the run name <script>-<task>-<model>-<tag>: ckpt/<name>.pt (the
+    last state: model, `state` objects, RNG, step, history, `extra`), ckpt/<name>-best.pt (the
+    model at the best validation metric), ckpt/<name>.lock (held while the run lives) and
+    <name>[-test<T'>].json (the results record).
+
+    model: the nn.Module; state: {name: object with state_dict()/load_state_dict()} saved with
+    it (optimizer, GradScaler, scheduler); extra: plain values the script keeps across steps
+    (e.g. a carried hidden state), saved and restored as `run.extra`; meta: written into both
+    checkpoints (e.g. the network's config for a loader).
+    Raises SystemExit with a one-line message for every refusal (existing run, locked run,
+    unreadable or mismatching checkpoint, unwritable --out-dir).
+    """
+
+    @staticmethod
+    def preflight(script, args):
+        """The refusals that need no data or model, for a script to call before it loads data:
+        an unwritable --out-dir, --resume / --eval-only without a checkpoint, an existing run
+        without --resume or --restart. SystemExit with a one-line message."""
+        name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
+        folder = os.path.join(args.out_dir, "ckpt")
+        last, best = os.path.join(folder, name + ".pt"), os.path.join(folder, name + "-best.pt")
+        if os.path.exists(last) and not (args.resume or args.eval_only or args.restart):
+            raise SystemExit(f"error: run {name} exists ({last}): add --resume to continue it, "
+                             f"or --restart to start it over")
+        if args.resume and not os.path.exists(last):
+            raise SystemExit(f"error: no checkpoint {last} to resume from (check --task, "
+                             f"--model, --tag / --seq-len / --quick and --out-dir)")
+        if args.eval_only and not os.path.exists(best):
+            raise SystemExit(f"error: --eval-only: no best checkpoint {best} (train the run "
+                             f"first)")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"error: --out-dir {args.out_dir} is not writable ({e.strerror})")
+        if not os.access(folder, os.W_OK):
+            raise SystemExit(f"error: --out-dir {args.out_dir} is not writable")
+
+    def __init__(self, script, args, task, model, state, device, argv=None, extra=None,
+                 meta=None):
+        self.script, self.args, self.task, self.model, self.state = script, args, task, model, state
+        self.device, self.meta, self.extra = device, meta or {}, extra or {}
+        self.argv = list(sys.argv[1:] if argv is None else argv)
+        self.metric, self.larger_is_better = SELECT[task.kind]
+        self.name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
+        folder = os.path.join(args.out_dir, "ckpt")
+        self.last_path = os.path.join(folder, self.name + ".pt")
+        self.best_path = os.path.join(folder, self.name + "-best.pt")
+        self.step, self.best, self.history, self.elapsed = 0, None, [], 0.0
+        self.saved_step = None      # the step of the last checkpoint on disk (None: none yet)
+        self.interrupted = None     # the signal's name once SIGINT / SIGTERM arrived
+        self._handlers = {}
+        self._lock(folder)
+        if os.path.exists(self.last_path):
+            if args.restart:
+                for path in (self.last_path, self.best_path):
+                    if os.path.exists(path):
+                        os.remove(path)
+            elif args.resume or args.eval_only:
+                self._restore(self._read(self.last_path))
+            else:
+                self._fail(f"run {self.name} exists ({self.last_path}, step "
+                           f"{self._read(self.last_path)['step']}): add --resume to continue "
+                           f"it, or --restart to start it over")
+        elif args.resume:
+            self._fail(f"no checkpoint {self.last_path} to resume from (check --task, --model, "
+                       f"--tag / --seq-len / --quick and --out-dir)")
+        if args.eval_only and not os.path.exists(self.best_path):
+            self._fail(f"--eval-only: no best checkpoint {self.best_path} (train the run first)")
+        print(f"== {script} | task: {task.description}")
+        print("== config: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+        print(f"== device: {device} ({hardware(device)}), seed={args.seed}, params="
+              f"{sum(p.numel() for p in model.parameters()):,}"
+              + (f", resumed at step {self.step}" if self.step else ""))
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._handlers[sig] = signal.signal(sig, self._on_signal)
+        self.t_start = self.last_save = time.time() - self.elapsed
+        self.bar = tqdm(total=args.steps, initial=self.step, mininterval=5, desc=self.name,
+                        disable=not self.training(), dynamic_ncols=True)
+
+    # -- the training loop's calls ---------------------------------------------------------------
+    def training(self):
+        """True while the loop should take another step (steps and time budget left)."""
+        return not self.args.eval_only and self.step < self.args.steps and not self.out_of_time()
+
+    def out_of_time(self):
+        budget = self.args.time_budget
+        return bool(budget) and time.time() - self.t_start > budget * 60
+
+    def step_done(self, loss):
+        """Counts an optimizer update. Stops the run (SystemExit, nothing written) if the loss is
+        not finite; writes a checkpoint every --checkpoint-minutes; on SIGINT / SIGTERM writes one
+        and exits with the command that resumes."""
+        self.step += 1
+        value = loss.item()
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        if not math.isfinite(value):
+            self._diverged(f"non-finite loss {value} at step {self.step}")
+        if self.interrupted:
+            self.save_last()
+            self.bar.close()
+            cmd = " ".join(["python", self.script] + [a for a in self.argv if a != "--restart"]
+                           + ([] if "--resume" in self.argv else ["--resume"]))
+            self._fail(f"{self.interrupted}: checkpoint of step {self.step} written to "
+                       f"{self.last_path}; to continue: {cmd}", code=130)
+        if not self.eval_due() and time.time() - self.last_save > self.args.checkpoint_minutes * 60:
+            self.save_last()  # (an evaluation step writes its checkpoint in log())
+
+    def eval_due(self):
+        """True at every --eval-every steps, at the last step and when the time budget ends."""
+        return (self.step % self.args.eval_every == 0 or self.step == self.args.steps
+                or self.out_of_time())
+
+    def log(self, val, **fields):
+        """Records an evaluation (`val`: the metrics of evaluate(); `fields`: anything else for
+        the run history), writes the best and last checkpoints, prints one line."""
+        value = val[self.metric]
+        if not math.isfinite(value):
+            self._diverged(f"non-finite {self.metric} {value} at step {self.step}")
+        self.elapsed = time.time() - self.t_start
+        self.history.append(dict(step=self.step, seconds=round(self.elapsed, 1), **fields, **val))
+        if self.best is None or (value > self.best if self.larger_is_better else value < self.best):
+            self._check_finite()
+            self.best = value
+            self._save(self.best_path, dict(model=self.model.state_dict(), step=self.step,
+                                            **self.meta))
+        self.save_last()
+        self.bar.write(f"step {self.step}: " + " ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in
+            {**fields, **val}.items()) + f" (best {self.metric} {self.best:.4f}, "
+            f"{self.elapsed / 60:.1f} min)")
+        if self.out_of_time():
+            self.bar.write(f"time budget of {self.args.time_budget} min reached at step "
+                           f"{self.step}")
+
+    def save_last(self):
+        """Writes the last-state checkpoint (refused with SystemExit if a weight is not finite)."""
+        self._check_finite()
+        self.elapsed = time.time() - self.t_start
+        self._save(self.last_path, dict(
+            model=self.model.state_dict(), rng=rng_state(), step=self.step, best=self.best,
+            history=self.history, elapsed=self.elapsed, config=vars(self.args), extra=self.extra,
+            **{k: v.state_dict() for k, v in self.state.items()}, **self.meta))
+        self.saved_step, self.last_save = self.step, time.time()
+
+    def finish(self, evaluate, paper, **fields):
+        """Tests the model of the best validation checkpoint and writes the results record.
+
+        evaluate(split, limit) -> metrics dict. Returns the record (also written as JSON)."""
+        self.bar.close()
+        ck = self._read(self.best_path)
+        self.model.load_state_dict(ck["model"])
+        t_test = time.time()
+        test = evaluate("test", self.args.test_size)
+        test_seconds = time.time() - t_test
+        val = evaluate("valid", self.args.eval_size)
+        args = self.args
+        test_T = args.test_seq_len or args.seq_len
+        record = dict(
+            script=self.script, config=vars(args), task=self.task.description,
+            metric=self.metric.replace("valid", "test"), paper=paper, metrics={**test, **val},
+            best_step=ck["step"], steps_done=self.step, history=self.history,
+            wall_seconds=self.elapsed, test_seconds=test_seconds,
+            peak_memory_mb=peak_memory_mb(self.device), device=str(self.device),
+            hardware=hardware(self.device), torch=torch.__version__, git_commit=git_commit(),
+            command=" ".join(["python", self.script] + self.argv), **fields)
+        suffix = f"-test{test_T}" if test_T != args.seq_len else ""
+        path = write_results(os.path.join(args.out_dir, self.name + suffix + ".json"), record)
+        print(f"== test at best validation step {ck['step']}: "
+              + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {paper}"
+              + f" | test {test_seconds:.0f} s, peak memory {record['peak_memory_mb']:.0f} MiB")
+        print(f"== wrote {path}")
+        self.close()
+        return record
+
+    def close(self):
+        """Releases the lock and the signal handlers (finish() calls it)."""
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._handlers = {}
+        if getattr(self, "lock_path", None) and os.path.exists(self.lock_path):
+            os.remove(self.lock_path)
+        self.lock_path = None
+
+    # -- internals --------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        if self.interrupted or not self.training():  # a second signal, or outside the loop
+            self.close()
+            raise SystemExit(f"{signal.Signals(signum).name}: stopped; the checkpoint on disk is "
+                             f"{self._on_disk()}")
+        self.interrupted = signal.Signals(signum).name  # handled after the current step
+
+    def _on_disk(self):
+        step = self.saved_step
+        return "none yet" if step is None else f"{self.last_path} (step {step})"
+
+    def _diverged(self, why):
+        self.bar.close()
+        self._fail(f"{why}: the run diverged and stops; nothing of this state is saved. The "
+                   f"checkpoint on disk: {self._on_disk()}")
+
+    def _fail(self, message, code=1):
+        self.close()
+        if code != 1:
+            print(message, file=sys.stderr)
+            raise SystemExit(code)
+        raise SystemExit(f"error: {message}")
+
+    def _check_finite(self):
+        if not all(torch.isfinite(p).all() for p in self.model.state_dict().values()
+                   if p.is_floating_point()):
+            self._diverged(f"non-finite weights at step {self.step}")
+
+    def _save(self, path, state):
+        try:
+            save_checkpoint(path, state)
+        except OSError as e:  # a full disk: keep the previous file, remove the partial one
+            if os.path.exists(path + ".tmp"):
+                os.remove(path + ".tmp")
+            self._fail(f"could not write {path} ({e.strerror}); the checkpoint on disk: "
+                       f"{self._on_disk()}")
+
+    def _read(self, path):
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=False)
+        except FileNotFoundError:
+            self._fail(f"checkpoint {path} is missing (--restart starts the run over)")
+        except Exception as e:  # truncated, empty or not a torch file
+            self._fail(f"cannot read checkpoint {path} ({type(e).__name__}); delete it or use "
+                       f"--restart")
+        if not isinstance(ck, dict) or "model" not in ck or "step" not in ck:
+            self._fail(f"{path} is not a checkpoint of {self.script}; delete it or use --restart")
+        return ck
+
+    def _restore(self, ck):
+        if "config" not in ck or "history" not in ck:
+            self._fail(f"{self.last_path} is not a checkpoint of {self.script}; delete it or use "
+                       f"--restart")
+        now, then = vars(self.args), ck["config"]
+        changed = sorted(k for k in set(now) | set(then)
+                         if k not in RESUMABLE_FLAGS and now.get(k) != then.get(k))
+        if changed:
+            self._fail("--resume with flags that differ from the checkpoint's: " + ", ".join(
+                f"--{k.replace('_', '-')} {now.get(k)} (checkpoint: {then.get(k)})"
+                for k in changed))
+        try:
+            self.model.load_state_dict(ck["model"])
+            for k, v in self.state.items():
+                v.load_state_dict(ck[k])
+        except (KeyError, RuntimeError, ValueError) as e:
+            self._fail(f"{self.last_path} does not fit this model ({str(e).splitlines()[0]}); "
+                       f"delete it or use --restart")
+        set_rng_state(ck["rng"])
+        self.step, self.best, self.history = ck["step"], ck["best"], ck["history"]
+        self.elapsed, self.extra = ck["elapsed"], ck.get("extra", {})
+        self.saved_step = self.step
+
+    def _lock(self, folder):
+        """Takes ckpt/<name>.lock (the owner's pid); a lock whose process is gone is stale."""
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"error: --out-dir {self.args.out_dir} is not writable "
+                             f"({e.strerror})")
+        self.lock_path = os.path.join(folder, self.name + ".lock")
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    with open(self.lock_path) as f:
+                        pid = int(f.read().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    self.lock_path = None
+                    raise SystemExit(f"error: run {self.name} is already running (pid {pid}, "
+                                     f"lock {os.path.join(folder, self.name + '.lock')}); wait "
+                                     f"for it or use another --tag")
+                os.remove(self.lock_path)  # stale: its process is gone
+                continue
+            except OSError as e:
+                self.lock_path = None
+                raise SystemExit(f"error: --out-dir {self.args.out_dir} is not writable "
+                                 f"({e.strerror})")
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            atexit.register(self.close)
+            return
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def benchmark(step_fn, device, repeats=3):
     """Times `step_fn()` (one forward+backward) and measures its memory.
 
@@ -1111,83 +1125,43 @@ def benchmark(step_fn, device, repeats=3):
 
 
 # ----------------------------------------------------------------------------------------------
-# The papers' headline tables. run_all.sh gives every run the tag `<row tag>[-quick]-s<seed>`;
-# a results record fills the row with the same script, task, model and row tag, seeds are
-# averaged, and CPU-scale (--quick) runs get their own line. Transfer rows also match the ratio
-# test T / training T (run_all.sh --quick trains the copy task at T/10 and tests at T'/10).
+# The papers' headline tables. Each script defines its tables' rows once, in its TABLES (label,
+# the run's flags, the paper's number); run_all.sh runs them (`python tasks.py runs`) and
+# `python tasks.py table results/` fills them. run_all.sh tags every run
+# `<row tag>[-quick|-est|-cpu]-s<seed>`; a results record fills the row with the same script,
+# task, model and row tag, seeds are averaged, and each scale gets its own line. Transfer rows
+# also match the ratio test T / training T (--quick trains copy at T/10 and tests at T'/10).
 
-def _row(label, script, task, model, tag, metric, paper="UNCONFIRMED", test_ratio=None):
-    return dict(label=label, script=script, task=task, model=model, tag=tag, metric=metric,
-                paper=paper, test_ratio=test_ratio)
-
-
-def _sab_tables():
-    names = {"lstm": "LSTM (full BPTT)", "tbptt": "TBPTT (k_trunc 5)", "attn": "LSTM + self-attention",
-             "sab": "SAB (k_trunc 5, k_top 5)"}
-    paper = {("sab", 100): "100", ("tbptt", 100): "31 (second-hand)"}
-    copy = [_row(f"{names[m]}, T={T}", "sab.py", "copy", m, f"T{T}", "test_acc",
-                 paper.get((m, T), "UNCONFIRMED")) for m in names for T in (100, 200, 300)]
-    transfer = [_row(f"{names[m]}, trained T=100, tested T={T}", "sab.py", "copy", m, "T100",
-                     "test_acc", test_ratio=T // 100) for m in ("sab", "lstm", "attn")
-                for T in (200, 300, 400, 2000, 5000)]
-    other = [_row(f"{names[m]}, {t}", "sab.py", t, m, tag, metric) for t, tag, metric in
-             [("adding", "T200", "test_mse"), ("pmnist", "T784", "test_acc"),
-              ("cifar10", "T1024", "test_acc"), ("ptb", "T100", "test_bpc"),
-              ("text8", "T180", "test_bpc")] for m in ("tbptt", "lstm", "sab")]
-    return {"sab-copy": ("SAB Table 1: copy memory, test accuracy (%) on the 10 recalled digits",
-                         copy),
-            "sab-transfer": ("SAB Table 5: copy, trained at T=100, tested on longer sequences "
-                             "(accuracy %)", transfer),
-            "sab-other": ("SAB: adding (MSE), pMNIST and CIFAR-10 (accuracy %), PTB and text8 "
-                          "(BPC)", other)}
+SCRIPTS = ("sab.py", "indrnn.py", "rlstm.py")
 
 
-def _indrnn_tables():
-    adding = [_row(f"{m}, T={T}", "indrnn.py", "adding", m, f"T{T}", "test_mse",
-                   "converges" if m == "indrnn" else "fails" if T >= 1000 else "converges")
-              for m in ("indrnn", "lstm", "irnn") for T in (100, 500, 1000, 5000)]
-    paper = {("mnist", "indrnn"): "99.0", ("pmnist", "indrnn"): "96.0",
-             ("mnist", "res-indrnn"): "99.39 (12 layers)", ("pmnist", "res-indrnn"): "97.02 (12 layers)"}
-    mnist = [_row(f"{m}, {t}", "indrnn.py", t, m, "T784", "test_acc", paper[(t, m)])
-             for t in ("mnist", "pmnist") for m in ("indrnn", "res-indrnn")]
-    ptb = [_row("IndRNN 6 layers, T=50", "indrnn.py", "ptb", "indrnn", "T50", "test_bpc", "1.26"),
-           _row("res-IndRNN 11 layers, T=150", "indrnn.py", "ptb", "res-indrnn", "T150",
-                "test_bpc", "1.19")]
-    ntu = [_row(f"IndRNN 6 layers, {p}", "indrnn.py", "ntu", "indrnn", f"T20-{p}", "test_acc",
-                v) for p, v in (("cs", "81.80"), ("cv", "87.97"))]
-    return {"indrnn-adding": ("IndRNN Fig. 2: adding problem, test MSE (0.167 = predicting 1)",
-                              adding),
-            "indrnn-mnist": ("IndRNN Table 2: sequential / permuted MNIST, test accuracy (%)", mnist),
-            "indrnn-ptb": ("IndRNN Table 4: char-level PTB, test BPC", ptb),
-            "indrnn-ntu": ("IndRNN Table 5: NTU RGB+D, test accuracy (%)", ntu)}
+def row(label, task, model, tag, args="", quick="", seeds=1, ckpt=False, paper="UNCONFIRMED",
+        metric="test_acc", test_ratio=None):
+    """One row of a paper's table. args: the run's flags at the paper's settings (beyond the
+    script's defaults); quick: the flags that replace them under --quick; seeds: how many seeds
+    run_all.sh runs; ckpt: add --grad-checkpoint on a GPU (full BPTT on long sequences);
+    paper: the paper's number; test_ratio: test T / training T of a transfer row."""
+    return dict(label=label, task=task, model=model, tag=tag, args=args, quick=quick,
+                seeds=seeds, ckpt=ckpt, paper=paper, metric=metric, test_ratio=test_ratio)
 
 
-# Trinh et al. 2018, Table 2, test accuracy %: its rows (label, model, full BP?) and the values
-# per dataset in that order. rlstm.py reads its paper numbers from here too.
-RLSTM_TABLE2_ROWS = [("LSTM Full BP", "lstm", True), ("LSTM Truncate300", "lstm", False),
-                     ("r-LSTM Truncate300", "rlstm", False), ("p-LSTM Truncate300", "plstm", False),
-                     ("r-LSTM Full BP", "rlstm", True), ("p-LSTM Full BP", "plstm", True)]
-RLSTM_TABLE2 = {"mnist": (98.3, 11.3, 96.4, 95.4, 98.4, 98.0),
-                "pmnist": (89.4, 88.8, 92.8, 92.5, 95.2, 92.8),
-                "cifar10": (58.8, 49.0, 65.9, 64.7, 72.2, 67.6)}
+def paper_table_defs():
+    """{table name: (title, rows)} from the TABLES of the three scripts, in run_all.sh's order;
+    each row also gets its `script`."""
+    import importlib  # the scripts import this module: import them only when asked
+    tables = {}
+    for script in SCRIPTS:
+        for name, (title, rows) in importlib.import_module(script[:-3]).TABLES.items():
+            tables[name] = (title, [dict(r, script=script) for r in rows])
+    return tables
 
 
-def _rlstm_tables():
-    rows = [(label, m, "full" if full else "trunc300") for label, m, full in RLSTM_TABLE2_ROWS]
-    table2 = [_row(f"{label}, {t}", "rlstm.py", t, m, f"T{1024 if t == 'cifar10' else 784}-{kind}",
-                   "test_acc", str(value))
-              for t, values in RLSTM_TABLE2.items()
-              for (label, m, kind), value in zip(rows, values)]
-    dogs = [_row(f"{label}, T={T}", "rlstm.py", "stanford_dogs", m, f"T{T}-{kind}", "test_acc")
-            for T in (1024, 4096, 16384) for label, m, kind in rows[:3]]
-    dbpedia = [_row(label, "rlstm.py", "dbpedia", m, f"T1024-{kind}", "test_acc")
-               for label, m, kind in rows[:3]]
-    return {"rlstm-table2": ("r-LSTM Table 2: test accuracy (%)", table2),
-            "rlstm-dogs": ("r-LSTM: StanfordDogs by sequence length, test accuracy (%)", dogs),
-            "rlstm-dbpedia": ("r-LSTM: DBpedia, test accuracy (%)", dbpedia)}
-
-
-PAPER_TABLES = {**_sab_tables(), **_indrnn_tables(), **_rlstm_tables()}
+def print_runs():
+    """run_all.sh's list: one line per row, `table|script|task|model|tag|seeds|ckpt|args|quick`."""
+    for name, (_, rows) in paper_table_defs().items():
+        for r in rows:
+            print("|".join([name, r["script"], r["task"], r["model"], r["tag"], str(r["seeds"]),
+                            "ckpt" if r["ckpt"] else "", r["args"], r["quick"]]))
 
 
 _TAG_SUFFIX = re.compile(r"(-quick|-est|-cpu)?(-s\d+)?$")  # run_all.sh: <row>[-quick|-est|-cpu]-s<seed>
@@ -1256,7 +1230,7 @@ def paper_tables(records, failures=None):
     failed run if `failures` ({run name: error}, see failed_runs) has one."""
     records = [r for r in records if not is_estimate(r)]
     out = []
-    for name, (title, rows) in PAPER_TABLES.items():
+    for name, (title, rows) in paper_table_defs().items():
         out += [f"## {title}", "", f"`bash run_all.sh --only {name}`", "",
                 "| row | paper | ours | seeds | scale | device | wall time / run |",
                 "|---|---|---|---|---|---|---|"]
@@ -1308,7 +1282,7 @@ def time_estimates(records):
            "steps, summed over the table's rows (one seed; evaluation not counted).", "",
            "| table | rows timed | estimated hours | longest row | device |",
            "|---|---|---|---|---|"]
-    for name, (title, rows) in PAPER_TABLES.items():
+    for name, (title, rows) in paper_table_defs().items():
         hours = {}
         for row in rows:
             for r in (r for r in est if _matches(r, row)):
@@ -1330,11 +1304,16 @@ def time_estimates(records):
 def _main():
     p = argparse.ArgumentParser(description="Print the results table of finished runs, or with a "
                                 "folder write <folder>/TABLES.md, the papers' tables.")
-    p.add_argument("what", choices=["table", "seeds"],
+    p.add_argument("what", choices=["table", "seeds", "runs"],
                    help="table: one line per run; seeds: runs of one configuration over seeds "
-                        "and thread counts, with mean, std and range")
-    p.add_argument("files", nargs="+", help="results/*.json, or the folder results/")
+                        "and thread counts, with mean, std and range; runs: every table row's "
+                        "run, for run_all.sh")
+    p.add_argument("files", nargs="*", help="results/*.json, or the folder results/")
     args = p.parse_args()
+    if args.what == "runs":
+        return print_runs()
+    if not args.files:
+        p.error(f"{args.what} needs results files or a folder")
     if len(args.files) == 1 and os.path.isdir(args.files[0]):
         folder = args.files[0]
         records = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))

@@ -1,5 +1,7 @@
 """indrnn.py: the recurrence Function, independence, the constraint, shapes, learning, NTU, CLI."""
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -151,9 +153,9 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ptb_run_with_frame_wise_batch_norm(tmp_path, data_dir):
+def test_ptb_run_with_frame_wise_batch_norm(tmp_path, ptb_data_dir):
     rec = _run(tmp_path, "--task", "ptb", "--hidden-size", "16", "--layers", "2", "--steps", "2",
-               "--eval-every", "2", "--eval-size", "2", "--batch-size", "4", data_dir=data_dir)
+               "--eval-every", "2", "--eval-size", "2", "--batch-size", "4", data_dir=ptb_data_dir)
     assert 0 < rec["metrics"]["valid_bpc"] < 10 and rec["config"]["bn"] == "frame"
     # the test pass carries the state through the whole test set (100k steps at batch 4)
     assert math.isfinite(rec["metrics"]["test_bpc"]) and rec["config"]["mag"] == 1.0
@@ -180,7 +182,7 @@ def test_ntu_parser_reads_the_official_format(tmp_path):
               {"72057594037931102": b[2], "72057594037931103": c[2]}]
     path = tmp_path / "S001C002P003R001A010.skeleton"
     path.write_text(_skeleton_text([{k: v.tolist() for k, v in f.items()} for f in frames]))
-    x = tasks.parse_skeleton(str(path))
+    x = indrnn.parse_skeleton(str(path))
     assert x.shape == (3, 150)
     x = x.view(3, 2, 25, 3)  # bodies ...101 and ...102 are kept (most frames), in that order
     assert torch.allclose(x[0, 0], a[0]) and (x[0, 1] == 0).all()
@@ -189,13 +191,13 @@ def test_ntu_parser_reads_the_official_format(tmp_path):
     bad = tmp_path / "bad.skeleton"
     bad.write_text("2\n1\n72057594037931101 0 1 2 1 2 0 0.1 -0.2 2\n24\n")
     with pytest.raises(tasks.DataError, match="bad.skeleton"):
-        tasks.parse_skeleton(str(bad))
+        indrnn.parse_skeleton(str(bad))
 
 
 def test_ntu_task_splits_and_samples_frames(tmp_path):
     folder = tmp_path / "ntu" / "nturgb+d_skeletons"
     with pytest.raises(tasks.DataError, match="registration"):
-        tasks.make_task("ntu", data_dir=str(tmp_path))
+        indrnn.make_task("ntu", data_dir=str(tmp_path))
     folder.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     for subject in (1, 3):          # 1 trains in cross-subject, 3 tests
@@ -206,12 +208,12 @@ def test_ntu_task_splits_and_samples_frames(tmp_path):
                 name = f"S001C{camera:03d}P{subject:03d}R001A{action:03d}.skeleton"
                 (folder / name).write_text(_skeleton_text(frames))
     (folder / "S001C001P001R002A001.skeleton").write_text("0\n")  # a sample without skeletons
-    cs = tasks.make_task("ntu", batch_size=8, data_dir=str(tmp_path), ntu_protocol="cs")
+    cs = indrnn.make_task("ntu", batch_size=8, data_dir=str(tmp_path), ntu_protocol="cs")
     assert (tmp_path / "ntu" / "skeletons.pt").exists(), "parsed once, then cached"
-    d = tasks.load_ntu(str(tmp_path))
+    d = indrnn.load_ntu(str(tmp_path))
     assert (d["subject"][cs.index["test"]] == 3).all()
     assert (d["subject"][torch.cat([cs.index["train"], cs.index["valid"]])] == 1).all()
-    cv = tasks.make_task("ntu", batch_size=8, data_dir=str(tmp_path), ntu_protocol="cv")
+    cv = indrnn.make_task("ntu", batch_size=8, data_dir=str(tmp_path), ntu_protocol="cv")
     assert (d["camera"][cv.index["test"]] == 1).all()
     x, y = cs.train_batch(0)
     assert x.shape == (20, 8, 150) and y.shape == (8,) and y.max() < 60
@@ -222,6 +224,16 @@ def test_ntu_task_splits_and_samples_frames(tmp_path):
     assert torch.equal(xs[0], next(iter(cs.eval_batches("test")))[0]), "evaluation is fixed"
     empty = d["names"].index("S001C001P001R002A001.skeleton")
     assert (cs._batch(torch.tensor([empty]))[0] == 0).all()
+
+
+def test_make_task_builds_ntu_here_and_defers_the_rest_to_tasks():
+    task = indrnn.make_task("adding", seq_len=7, batch_size=3, eval_size=6)
+    x, y = task.train_batch(0)
+    assert isinstance(task, tasks.SyntheticTask) and x.shape == (7, 3, 2) and y.shape == (3,)
+    with pytest.raises(ValueError, match="unknown task"):
+        indrnn.make_task("nonexistent")
+    with pytest.raises(ValueError, match="'cs' or 'cv'"):
+        indrnn.make_task("ntu", ntu_protocol="xs")
 
 
 def _cli(*args):
@@ -263,3 +275,46 @@ def test_quick_adding_runs_indrnn_and_lstm_side_by_side(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| indrnn.py | adding | indrnn | 20 |" in table
     assert "| indrnn.py | adding | lstm | 20 |" in table
+
+
+# What each model class needs besides the four standard imports (its docstring lists the same).
+COPY_WITH = {
+    "IndRNN": ["IndRNNRecurrence", "indrnn_recurrence", "SeqBatchNorm"],
+    "DeepIndRNN": ["IndRNN", "IndRNNRecurrence", "indrnn_recurrence", "SeqBatchNorm",
+                   "shared_dropout", "_FrozenRunningStats"],
+}
+COPY_CONFIGS = {  # every code path of the copied code: both batch norms, dropout, checkpointing
+    "IndRNN": [dict(seq_len=6, batch_norm="frame", long_memory=True),
+               dict(batch_norm="time", input_std=0.1), dict()],
+    "DeepIndRNN": [dict(layers=3, batch_norm="frame", seq_len=6, dropout=0.3),
+                   dict(layers=5, residual=True, dropout=0.3, grad_checkpoint=True),
+                   dict(layers=2, batch_norm=None, long_memory=True, grad_checkpoint=True)],
+}
+
+
+def _forward_backward(cls, config):
+    """Builds cls(3, 8, **config) under seed 0, runs forward and backward on a fixed (6, 4, 3)
+    input and returns the output, the last states and the parameter gradients."""
+    torch.manual_seed(0)
+    model = cls(3, 8, **config)
+    x = torch.randn(6, 4, 3)
+    out, state = model(x)
+    out.square().sum().backward()
+    model.constrain_()
+    return [out, state if torch.is_tensor(state) else torch.stack(state),
+            *[p.grad for p in model.parameters()]]
+
+
+@pytest.mark.parametrize("name", ["IndRNN", "DeepIndRNN"])
+def test_model_classes_work_when_copied_out_under_the_standard_imports(name):
+    cls = getattr(indrnn, name)
+    listed = re.search(r"Copy with it: ([\w,\s]+)\.", cls.__doc__).group(1)
+    assert sorted(listed.replace(",", " ").split()) == sorted(COPY_WITH[name])
+    namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional,
+                 "checkpoint": torch.utils.checkpoint.checkpoint}
+    for obj in [name] + COPY_WITH[name]:
+        exec(inspect.getsource(getattr(indrnn, obj)), namespace)
+    for config in COPY_CONFIGS[name]:
+        copied = _forward_backward(namespace[name], config)
+        original = _forward_backward(cls, config)
+        assert all(torch.equal(a, b) for a, b in zip(copied, original)), config

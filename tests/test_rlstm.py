@@ -1,8 +1,10 @@
-"""rlstm.py: anchors, gradient windows, scheduled sampling, the two phases, learning, resume,
-grad-checkpoint, the StanfordDogs and DBpedia parsers, the CLI and the benchmark."""
+"""rlstm.py: anchors, gradient windows, the RLSTM module against a slow reference and copied out
+alone, scheduled sampling, the two phases, learning, resume, grad-checkpoint, the StanfordDogs and
+DBpedia parsers, the CLI and the benchmark."""
 import csv
 import json
 import math
+import re
 import struct
 import tarfile
 import warnings
@@ -39,7 +41,7 @@ class TinyTask:
 
     def train_batch(self, step):
         x, y = self.data["train"]
-        idx = torch.randperm(len(x), generator=tasks._step_generator(self.seed, step))[:self.batch_size]
+        idx = torch.randperm(len(x), generator=tasks.step_generator(self.seed, step))[:self.batch_size]
         return x[idx].t(), y[idx]
 
     def eval_batches(self, split, limit=None):
@@ -51,7 +53,7 @@ class TinyTask:
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(tasks, "make_task", lambda name, seq_len, batch_size, *a, **k:
+    monkeypatch.setattr(rlstm, "make_task", lambda name, seq_len, batch_size, *a, **k:
                         TinyTask(seq_len, batch_size))
 
 
@@ -68,15 +70,17 @@ def _run(tmp_path, *extra):
 
 def test_anchors_differ_across_samples_and_batches_and_stay_in_range():
     torch.manual_seed(0)
-    a1 = rlstm.draw_anchors("rlstm", 784, 600, 1, 64)
-    a2 = rlstm.draw_anchors("rlstm", 784, 600, 1, 64)
+    a1 = rlstm.draw_anchors("r", 784, 600, 1, 64)
+    a2 = rlstm.draw_anchors("r", 784, 600, 1, 64)
     assert a1.shape == (1, 64) and len(a1.unique()) > 20, "anchors differ across samples"
     assert not torch.equal(a1, a2), "anchors are redrawn for every batch"
     assert a1.min() >= 600 and a1.max() <= 784
-    p = rlstm.draw_anchors("plstm", 784, 600, 3, 64)
+    p = rlstm.draw_anchors("p", 784, 600, 3, 64)
     assert p.shape == (3, 64) and p.min() >= 1 and p.max() <= 185
     with pytest.raises(ValueError, match="does not fit"):
-        rlstm.draw_anchors("rlstm", 100, 600, 1, 4)
+        rlstm.draw_anchors("r", 100, 600, 1, 4)
+    with pytest.raises(ValueError, match="kind must be"):
+        rlstm.draw_anchors("rlstm", 784, 600, 1, 4)
 
 
 def test_training_draws_new_anchors_every_batch(tiny, tmp_path, monkeypatch):
@@ -92,10 +96,14 @@ def test_aux_windows_are_the_elements_before_or_after_the_anchor():
     T, B = 20, 3
     x = torch.arange(T).view(T, 1, 1).expand(T, B, 1) * 10 + torch.arange(B).view(1, B, 1)
     anchors = torch.tensor([[6, 11, 20]])
-    r = rlstm.aux_windows("rlstm", x, anchors, 4)  # x[a-4 .. a-1]
+    r = rlstm.aux_windows("r", x, anchors, 4)  # x[a-4 .. a-1]
     assert r[:, :, 0].t().tolist() == [[20, 30, 40, 50], [71, 81, 91, 101], [162, 172, 182, 192]]
-    p = rlstm.aux_windows("plstm", x, anchors[:, :2], 4)  # x[a-1 .. a+2]
+    p = rlstm.aux_windows("p", x, anchors[:, :2], 4)  # x[a-1 .. a+2]
     assert p[:, :, 0].t().tolist() == [[50, 60, 70, 80], [101, 111, 121, 131]]
+    with pytest.raises(ValueError, match="anchors out of range"):
+        rlstm.aux_windows("r", x, torch.tensor([[3, 11, 20]]), 4)   # 3 - 4 < 0
+    with pytest.raises(ValueError, match="anchors out of range"):
+        rlstm.aux_windows("p", x, torch.tensor([[6, 11, 20]]), 4)   # 19 + 4 > T
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +174,122 @@ def test_grad_checkpoint_gives_the_same_gradients():
 
 
 # ----------------------------------------------------------------------------------------------
+# The RLSTM module: against the slow reference, copied out alone, argument checks
+
+def _rlstm(kind, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    cfg = dict(channels=2, kind=kind, aux_len=4, n_anchors=2, bptt=7, aux_bptt=6, embed=4,
+               hidden=6, ffn=8, aux_hidden=9)
+    return rlstm.RLSTM(5, 3, **{**cfg, **kw}).to(dtype)
+
+
+# anchors in range for T = 20, L = 4; 4 and 5 (r) and 1 and 3 (p) are < aux_bptt = 6, so their
+# gradient windows begin at t = 0; equal anchors in one column share a window start
+ANCHORS = {"r": torch.tensor([[4, 20, 9], [5, 13, 9]]),
+           "p": torch.tensor([[1, 17, 9], [3, 12, 9]]), None: None}
+
+
+@pytest.mark.parametrize("kind,kw,supervised", [
+    (kind, kw, supervised) for kind, kw in [
+        ("r", {}), ("p", {}), (None, {}), ("r", dict(bptt=0, aux_bptt=0)),
+        ("r", dict(checkpoint_every=2)), ("p", dict(n_anchors=1, aux_bptt=30))]
+    for supervised in (True, False) if kind or supervised])  # kind None needs supervised
+def test_rlstm_losses_and_gradients_equal_the_slow_reference_in_float64(kind, kw, supervised):
+    model = _rlstm(kind, **kw)
+    x = torch.randint(0, 5, (20, 3, 2), generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 2, 1])
+    anchors = ANCHORS[kind]
+    if kw.get("n_anchors") == 1:
+        anchors = anchors[:1]
+
+    def run(fn):
+        model.zero_grad()
+        sup, aux = fn()
+        sum(v for v in (sup, aux) if v is not None).backward()
+        return [v for v in (sup, aux) if v is not None], {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast, g_fast = run(lambda: model(x, y, 0.0, supervised, anchors))
+    slow, g_slow = run(lambda: rlstm.rlstm_losses_reference(model, x, y, anchors, supervised))
+    assert fast[0].dtype == torch.float64 and len(fast) == len(slow)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(fast, slow))
+    assert g_fast.keys() == g_slow.keys() and len(g_fast) > 0
+    for name in g_fast:
+        assert torch.allclose(g_fast[name], g_slow[name], rtol=1e-9, atol=1e-12), name
+    if not supervised:
+        assert not any(n.startswith("main.head") for n in g_fast), "no classifier in phase 1"
+
+
+def _copy_list():
+    """The names the RLSTM docstring says to copy with it."""
+    doc = rlstm.RLSTM.__doc__
+    text = doc[doc.index("Copy with it:"):doc.index("(imports")]
+    return re.findall(r"`(\w+)`", text)
+
+
+def test_rlstm_works_when_copied_out_under_the_standard_imports():
+    import inspect
+    names = _copy_list()
+    sources = {name: inspect.getsource(getattr(rlstm, name)) for name in ["RLSTM", *names]}
+    for name in names:  # the list is exact: every helper is used by RLSTM or another helper
+        assert any(re.search(rf"\b{name}\b", src) for other, src in sources.items()
+                   if other != name), f"{name} is listed but not used"
+    namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional,
+                 "checkpoint": torch.utils.checkpoint.checkpoint}
+    for src in sources.values():
+        exec(src, namespace)
+    cfg = dict(channels=2, kind="r", aux_len=5, bptt=6, aux_bptt=4, embed=8, hidden=8, ffn=16,
+               aux_hidden=12, checkpoint_every=3)
+    torch.manual_seed(0)
+    copied = namespace["RLSTM"](8, 3, **cfg)
+    torch.manual_seed(0)
+    original = rlstm.RLSTM(8, 3, **cfg)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 8, (24, 4, 2), generator=g), torch.randint(0, 3, (4,), generator=g)
+    for t in range(1, 24):  # sticky tokens, as in TinyTask: the auxiliary loss can be learnt
+        x[t] = torch.where(torch.rand(4, 2, generator=g) < 0.9, x[t - 1], x[t])
+    opt = torch.optim.Adam(copied.parameters(), lr=3e-2)
+    history = []
+    for step in range(8):
+        torch.manual_seed(step)  # anchors and scheduled sampling: the same draws for both
+        sup, aux = copied(x, y, sample_prob=0.5, supervised=step > 0)
+        torch.manual_seed(step)
+        want = original(x, y, sample_prob=0.5, supervised=step > 0)
+        assert [v.item() for v in (sup, aux) if v is not None] == \
+            [v.item() for v in want if v is not None]
+        opt.zero_grad()
+        (aux if sup is None else sup + aux).backward()
+        assert copied.main.lstm.weight_hh_l0.grad.abs().sum() > 0
+        assert copied.decoder.lstm1.weight_hh_l0.grad.abs().sum() > 0
+        opt.step()
+        original.load_state_dict(copied.state_dict())
+        history.append(aux.item())
+    assert all(math.isfinite(v) for v in history) and history[-1] < history[0]
+    with torch.no_grad():
+        assert copied.logits(x).shape == (4, 3)
+
+
+def test_rlstm_bad_arguments_raise_value_errors():
+    with pytest.raises(ValueError, match="kind must be"):
+        rlstm.RLSTM(8, 3, kind="rlstm")
+    with pytest.raises(ValueError, match="aux_len >= 2"):
+        rlstm.RLSTM(8, 3, aux_len=1)
+    with pytest.raises(ValueError, match="vocab > 0"):
+        rlstm.RLSTM(0, 3, kind="p")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        rlstm.RLSTM(8, 3, bptt=-1)
+    with pytest.raises(ValueError, match="main_hidden 16 > decoder hidden 8"):
+        rlstm.RLSTM(8, 3, hidden=16, aux_hidden=8)
+    with pytest.raises(ValueError, match="aux_len 30 does not fit a sequence of 20"):
+        rlstm.RLSTM(8, 3, aux_len=30)(torch.zeros(20, 2, dtype=torch.long), torch.zeros(2).long())
+    with pytest.raises(ValueError, match="leaves nothing to compute"):
+        rlstm.RLSTM(8, 3, kind=None)(torch.zeros(20, 2, dtype=torch.long), supervised=False)
+    lstm = rlstm.RLSTM(0, 3, kind=None, embed=4, hidden=6, ffn=8, bptt=5)  # float inputs
+    sup, aux = lstm(torch.randn(20, 2, 4), torch.tensor([0, 2]))
+    assert sup.shape == () and aux is None
+
+
+# ----------------------------------------------------------------------------------------------
 # Scheduled sampling
 
 def _decoder_and_window():
@@ -212,12 +336,12 @@ def test_decoder_bottom_layer_starts_from_the_main_state():
 
 def test_two_phase_schedule(tiny, tmp_path, monkeypatch):
     flags = []
-    real = rlstm.losses
+    real = rlstm.RLSTM.forward
 
-    def spy(model, x, y, args, sample_prob, supervised=True):
+    def spy(model, x, y=None, sample_prob=0.0, supervised=True, anchors=None):
         flags.append((supervised, sample_prob))
-        return real(model, x, y, args, sample_prob, supervised)
-    monkeypatch.setattr(rlstm, "losses", spy)
+        return real(model, x, y, sample_prob, supervised, anchors)
+    monkeypatch.setattr(rlstm.RLSTM, "forward", spy)
     # 512 training samples / batch 16 = 32 steps per epoch; 0.125 epochs = 4 pretraining steps
     rec = _run(tmp_path, "--steps", "8", "--pretrain-epochs", "0.125",
                "--eval-every", "4", "--ss-max", "0.4", "--ss-steps", "4")
@@ -271,14 +395,14 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path, 
     resumed = _run(tmp_path / "b", *extra, "--resume")
     assert [h["step"] for h in resumed["history"]] == [5, 10, 15, 20]
     assert resumed["metrics"] == full["metrics"]
-    name = "rlstm-dbpedia-rlstm-T24-trunc8.pt"
+    name = "rlstm-dbpedia-rlstm-T24-trunc8-aux5.pt"
     a, b = (saved_weights(tmp_path / run / "ckpt" / name) for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_results_file_has_the_promised_fields(tiny, tmp_path):
     rec = _run(tmp_path, "--steps", "5")
-    saved = json.loads((tmp_path / "rlstm-dbpedia-rlstm-T24-trunc8.json").read_text())
+    saved = json.loads((tmp_path / "rlstm-dbpedia-rlstm-T24-trunc8-aux5.json").read_text())
     for key in ("config", "metrics", "wall_seconds", "peak_memory_mb", "device", "torch",
                 "git_commit", "task", "paper", "hardware", "command", "unconfirmed_defaults"):
         assert key in saved
@@ -290,15 +414,14 @@ def test_results_file_has_the_promised_fields(tiny, tmp_path):
     assert rlstm.paper_number(args) == "58.8 (Full BP)"
 
 
-def test_real_mnist_training_step(data_dir):
+def test_real_mnist_training_step(mnist_data_dir):
     """One r-LSTM forward+backward at the paper's sizes on real MNIST pixel tokens."""
-    task = tasks.make_task("mnist", batch_size=4, data_dir=data_dir, as_tokens=True)
+    task = tasks.make_task("mnist", batch_size=4, data_dir=mnist_data_dir, as_tokens=True)
     args = rlstm.parse_args(["--task", "mnist"])
     model = rlstm.build_model(args, task)
     x, y = task.train_batch(0)
-    x = rlstm.as_steps(x)
-    assert x.shape == (784, 4, 1) and x.dtype == torch.long and int(x.max()) > 200
-    sup, aux = rlstm.losses(model, x, y, args, sample_prob=0.1)
+    assert x.shape == (784, 4) and x.dtype == torch.long and int(x.max()) > 200
+    sup, aux = model(x, y, sample_prob=0.1)
     (sup + aux).backward()
     assert 1.5 < sup.item() < 3.5 and 4.0 < aux.item() < 7.0  # about ln 10 and ln 256
     assert model.main.lstm.weight_hh_l0.grad.abs().sum() > 0
@@ -327,7 +450,7 @@ def test_cli_bad_input_gives_one_line_error(args, message):
     (["--bptt", "-1"], "must be a non-negative integer, got -1"),
     (["--aux-len", "900"], "--aux-len 900 does not fit --seq-len 784"),
     (["--model", "plstm", "--aux-len", "785"], "--aux-len 785 does not fit --seq-len 784"),
-    (["--ss-max", "2"], "--ss-max must be in [0, 1]"),
+    (["--ss-max", "2"], "argument --ss-max: must be a number in [0, 1], got 2"),
     (["--seq-len", "100"], "--seq-len is fixed by the images"),
     (["--layers", "2"], "the main network is a 1-layer LSTM"),
     (["--hidden-size", "300"], "--aux-hidden 256 must be >= --hidden-size 300"),
@@ -438,17 +561,17 @@ def test_read_mat5_reads_cells_of_strings_and_numbers(tmp_path):
     _write_mat(path, [_mat_cell_of_strings("file_list", ["a/b.jpg", "x", ""]),
                       _mat_matrix(6, (2, 1), "labels", _mat_el(9, struct.pack("<2d", 3, 120)))],
                compress=False)
-    assert tasks.read_mat5(str(path)) == {"file_list": ["a/b.jpg", "x", ""], "labels": [3.0, 120.0]}
+    assert rlstm.read_mat5(str(path)) == {"file_list": ["a/b.jpg", "x", ""], "labels": [3.0, 120.0]}
     (tmp_path / "bad.mat").write_bytes(b"\x89HDF\r\n" + b"\0" * 200)
     with pytest.raises(tasks.DataError, match="not a little-endian MATLAB v5"):
-        tasks.read_mat5(str(tmp_path / "bad.mat"))
+        rlstm.read_mat5(str(tmp_path / "bad.mat"))
 
 
 def test_stanford_dogs_parser_on_an_official_layout_fixture(tmp_path, monkeypatch):
     data_dir, files, labels = _dogs_fixture(tmp_path)
-    monkeypatch.setattr(tasks, "_download", _offline)  # the archives are there: no download
-    monkeypatch.setattr(tasks, "DOGS_SPLIT_SIZES", {"train": 6, "test": 3})
-    task = tasks.make_task("stanford_dogs", seq_len=64, batch_size=2, data_dir=str(data_dir),
+    monkeypatch.setattr(tasks, "download", _offline)  # the archives are there: no download
+    monkeypatch.setattr(rlstm, "DOGS_SPLIT_SIZES", {"train": 6, "test": 3})
+    task = rlstm.make_task("stanford_dogs", seq_len=64, batch_size=2, data_dir=str(data_dir),
                            as_tokens=True)
     x_test, y_test = task.data["test"]
     assert x_test.shape == (3, 64, 3) and x_test.dtype == torch.uint8
@@ -459,15 +582,15 @@ def test_stanford_dogs_parser_on_an_official_layout_fixture(tmp_path, monkeypatc
     x, y = task.train_batch(0)
     assert x.shape == (64, 2, 3) and x.dtype == torch.long and task.n_out == 120
     assert (data_dir / "stanford_dogs" / "cache_8.pt").exists()
-    monkeypatch.setattr(tasks, "DOGS_SPLIT_SIZES", {"train": 12_000, "test": 8_580})
+    monkeypatch.setattr(rlstm, "DOGS_SPLIT_SIZES", {"train": 12_000, "test": 8_580})
     with pytest.raises(tasks.DataError, match="the official split has 12000"):
-        tasks.load_stanford_dogs(str(data_dir), 4)
+        rlstm.load_stanford_dogs(str(data_dir), 4)
     with pytest.raises(ValueError, match="square seq_len"):
-        tasks.make_task("stanford_dogs", seq_len=1000, data_dir=str(data_dir))
+        rlstm.make_task("stanford_dogs", seq_len=1000, data_dir=str(data_dir))
 
 
 def test_stanford_dogs_missing_offline_is_a_one_line_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(tasks, "_download", _offline)
+    monkeypatch.setattr(tasks, "download", _offline)
     with pytest.raises(SystemExit, match="Put the official images.tar and lists.tar"):
         rlstm.main(["--task", "stanford_dogs", "--data-dir", str(tmp_path / "empty"),
                     "--steps", "1"])
@@ -496,33 +619,42 @@ def _dbpedia_fixture(root):
 
 def test_dbpedia_parser_on_a_fixture(tmp_path, monkeypatch):
     data_dir = _dbpedia_fixture(tmp_path)
-    monkeypatch.setattr(tasks, "_download", _offline)
-    raw = tasks.load_dbpedia(str(data_dir))
+    monkeypatch.setattr(tasks, "download", _offline)
+    raw = rlstm.load_dbpedia(str(data_dir))
     texts, labels = raw["test"]
     assert labels.tolist() == [0, 8, 13]
     assert texts[1] == 'Ghost Ship "Q" A film, with "quotes", commas, and ümlauts.'
-    task = tasks.make_task("dbpedia", seq_len=40, batch_size=4, data_dir=str(data_dir))
+    task = rlstm.make_task("dbpedia", seq_len=40, batch_size=4, data_dir=str(data_dir))
     x, y = task.train_batch(0)
     assert x.shape == (40, 4) and x.dtype == torch.long and task.n_out == 14
     assert 0 <= x.min() and x.max() < task.vocab
-    enc = tasks.encode_chars(["Zoo Short.", "ü"], 12)[:, :, 0]
-    a = tasks.DBPEDIA_ALPHABET
+    enc = rlstm.encode_chars(["Zoo Short.", "ü"], 12)[:, :, 0]
+    a = rlstm.DBPEDIA_ALPHABET
     assert enc[0].tolist() == [0, 0] + [a.index(c) + 2 for c in "zoo short."]  # right-aligned
     assert enc[1].tolist() == [0] * 11 + [1]                                    # unknown char
     assert len(task.data["train"][0]) + len(task.data["valid"][0]) == 60
 
 
+def test_make_task_builds_dogs_and_dbpedia_here_and_defers_the_rest_to_tasks(tmp_path):
+    data_dir = _dbpedia_fixture(tmp_path)
+    assert isinstance(rlstm.make_task("dbpedia", 40, 4, str(data_dir)), rlstm.DBpediaTask)
+    copy = rlstm.make_task("copy", 10, 4, str(tmp_path))
+    assert isinstance(copy, tasks.SyntheticTask) and copy.train_batch(0)[0].shape == (30, 4)
+    with pytest.raises(ValueError, match="unknown task"):
+        rlstm.make_task("nope")
+
+
 def test_dbpedia_bad_rows_and_missing_data_are_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr(tasks, "_download", _offline)
+    monkeypatch.setattr(tasks, "download", _offline)
     with pytest.raises(tasks.DataError, match="dca7b1ae12b1091090db52aa7ec5ca64"):
-        tasks.load_dbpedia(str(tmp_path / "empty"))
+        rlstm.load_dbpedia(str(tmp_path / "empty"))
     data_dir = _dbpedia_fixture(tmp_path)
     with open(data_dir / "dbpedia" / "dbpedia_csv" / "train.csv", "a") as f:
         f.write('15,"title","class out of range"\n')
     with pytest.raises(tasks.DataError, match="row 61: expected"):
-        tasks.load_dbpedia(str(data_dir))
+        rlstm.load_dbpedia(str(data_dir))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "dbpedia").mkdir()
     (tmp_path / "bad" / "dbpedia" / "dbpedia_csv.tar.gz").write_bytes(b"truncated")
     with pytest.raises(tasks.DataError, match="fails its md5 checksum"):
-        tasks.load_dbpedia(str(tmp_path / "bad"))
+        rlstm.load_dbpedia(str(tmp_path / "bad"))

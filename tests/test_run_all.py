@@ -1,13 +1,17 @@
 """run_all.sh: the command list, --only, and skipping runs whose results exist (no training)."""
 import os
 import subprocess
+import sys
 
 from conftest import ROOT
+
+# run_all.sh calls `python` (this interpreter, with torch) to list the tables' rows
+ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
 
 
 def _dry_run(*args):
     r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", *args],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     return [l for l in r.stdout.splitlines() if l.startswith("python ")]
 
@@ -66,10 +70,12 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: H100'\necho 'GPU 1: H100'\n")
-    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES $*" >> {tmp_path}/calls\n')
+    (bin_dir / "python").write_text(  # records the runs; lists the rows with the real python
+        f'#!/bin/sh\n[ "$*" = "tasks.py runs" ] && exec {sys.executable} "$@"\n'
+        f'echo "$CUDA_VISIBLE_DEVICES $*" >> {tmp_path}/calls\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}"}
     r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", "--out-dir",
                         str(tmp_path / "r")], capture_output=True, text=True, env=env)
     cmds = [l for l in r.stdout.splitlines() if l.startswith("python ")]
@@ -104,3 +110,18 @@ def test_cpu_tier_runs_sab_copy_t100_at_paper_settings_and_resumes(tmp_path):
     again = _dry_run("--cpu", "--only", "sab-copy", "--out-dir", str(tmp_path))
     assert [c for c in again if "--resume" in c] == [
         c + " --resume" for c in training if "--model sab --tag T100-cpu-s1 " in c]
+
+
+def test_help_lists_tables_modes_and_environment_and_exits_0():
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--help"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0
+    for word in ("--quick", "--cpu", "--estimate", "sab-copy", "rlstm-dbpedia", "CPU_MINUTES"):
+        assert word in r.stdout
+
+
+def test_dry_run_changes_nothing_on_disk(tmp_path):
+    (tmp_path / "failed.txt").write_text("an earlier sweep's failures")
+    _dry_run("--quick", "--out-dir", str(tmp_path / "out"))
+    _dry_run("--quick", "--out-dir", str(tmp_path))
+    assert not (tmp_path / "out").exists() and (tmp_path / "failed.txt").exists()

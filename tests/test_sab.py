@@ -14,14 +14,27 @@ def test_sparsify_keeps_exactly_k_top_weights_that_sum_to_one():
     torch.manual_seed(0)
     scores = torch.randn(16, 40)
     for k in (1, 3, 5, 39):
-        w, index = sab.sparsify(scores, k)
+        w, index = sab.sparsify(scores, k, eps=1e-12)
         dense = torch.zeros_like(scores).scatter(1, index, w)
         assert ((dense > 0).sum(1) == k).all()
         assert torch.allclose(dense.sum(1), torch.ones(16), atol=1e-6)
         assert torch.equal(index.sort(1).values, scores.topk(k, 1).indices.sort(1).values)
-    w, index = sab.sparsify(scores[:, :4], 5)  # fewer memories than k_top: all of them
+    w, index = sab.sparsify(scores[:, :4], 5, eps=1e-12)  # fewer memories than k_top: all
     assert w.shape == (16, 4) and (w > 0).all()
     assert torch.allclose(w.sum(1), torch.ones(16), atol=1e-6)
+
+
+def test_sparsify_epsilon_bounds_the_gradient_when_scores_tie():
+    # the k_top best scores barely above the (k_top+1)-th: plain normalisation's gradient grows
+    # as 1 / sum(w); the default eps (1e-3) caps it, and the read fades instead
+    s = torch.tensor([[1.0, 1.0 + 1e-6, 1.0 + 2e-6, 0.0]], requires_grad=True)
+    w, _ = sab.sparsify(s, 2)
+    w[0, 0].backward()
+    assert s.grad.abs().max() < 2e3 and w.sum() < 0.01
+    s2 = s.detach().clone().requires_grad_()
+    w2, _ = sab.sparsify(s2, 2, eps=1e-12)
+    w2[0, 0].backward()
+    assert s2.grad.abs().max() > 5e4  # what the epsilon prevents
 
 
 def _input_grad(model, T=24, D=3, B=2, seed=0):
@@ -48,7 +61,7 @@ def test_sab_gradient_reaches_attended_positions(monkeypatch):
     model = sab.SAB(3, 8, k_top=2, k_att=k_att, k_trunc=k_trunc)
     picked = []
     real = sab.sparsify
-    monkeypatch.setattr(sab, "sparsify", lambda s, k: picked.append(real(s, k)) or picked[-1])
+    monkeypatch.setattr(sab, "sparsify", lambda s, k, eps: picked.append(real(s, k, eps)) or picked[-1])
     g = _input_grad(model, T=T)
     weights, index = picked[-1]  # what the last step attended to, per sample
     write_steps = (index + 1) * k_att - 1  # memory i is h(t) at t = (i+1)*k_att - 1
@@ -174,7 +187,7 @@ def _cli(*args):
     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
     (["--layers", "2"], "SAB is a single-layer model"),
     (["--resume", "--out-dir", "/nonexistent/dir"], "no checkpoint"),
-    (["--clip", "-1"], "--clip -1.0: must be >= 0"),
+    (["--clip", "-1"], "argument --clip: must be a number in [0, 1e+06], got -1"),
     (["--model", "tbptt", "--h0-memory"], "--h0-memory: --model tbptt has no attention memory"),
     (["--head", "x"], "invalid choice: 'x'"),
 ])
@@ -188,7 +201,7 @@ def test_cli_bad_input_gives_one_line_error(args, message):
 def test_missing_dataset_offline_is_a_one_line_error(tmp_path, monkeypatch):
     def offline(url, dest):
         raise OSError("network unreachable")
-    monkeypatch.setattr(tasks, "_download", offline)
+    monkeypatch.setattr(tasks, "download", offline)
     with pytest.raises(SystemExit, match="ptb.char.train.txt"):
         sab.main(["--task", "ptb", "--data-dir", str(tmp_path / "empty"), "--steps", "1"])
 
@@ -231,7 +244,7 @@ def test_evaluation_path_equals_the_training_path(attention):
         assert torch.allclose(summaries.detach(), summaries2, atol=1e-6)
 
 
-def test_test_size_limits_the_test_set(tmp_path, monkeypatch, data_dir):
+def test_test_size_limits_the_test_set(tmp_path, monkeypatch, mnist_data_dir):
     seen = {}
     real = tasks.ImageTask.eval_batches
 
@@ -240,7 +253,7 @@ def test_test_size_limits_the_test_set(tmp_path, monkeypatch, data_dir):
             seen[split] = seen.get(split, 0) + len(y)
             yield x, y
     monkeypatch.setattr(tasks.ImageTask, "eval_batches", counting)
-    rec = sab.main(["--task", "pmnist", "--data-dir", data_dir, "--out-dir", str(tmp_path),
+    rec = sab.main(["--task", "pmnist", "--data-dir", mnist_data_dir, "--out-dir", str(tmp_path),
                     "--steps", "1", "--batch-size", "4", "--hidden-size", "8", "--eval-size", "4",
                     "--test-size", "6"])
     assert seen["test"] == 6 and rec["config"]["test_size"] == 6
@@ -259,8 +272,9 @@ def dense_reference(model, x):
         h = h_hat
         if memories:
             mem = torch.stack(memories, dim=1)  # (B, M, H)
-            s = model.score(torch.tanh(model.key(mem) + model.query(h_hat)[:, None])).squeeze(2)
-            w, index = sab.sparsify(s, model.k_top)
+            keys = model.key(mem.detach() if model.detach_keys else mem)
+            s = model.score(torch.tanh(keys + model.query(h_hat)[:, None])).squeeze(2)
+            w, index = sab.sparsify(s, model.k_top, model.norm_eps)
             picked = mem.gather(1, index[:, :, None].expand(-1, -1, mem.shape[2]))
             h = h_hat + (w[:, :, None] * picked).sum(1)
         if (t + 1) % model.k_att == 0:
@@ -269,10 +283,12 @@ def dense_reference(model, x):
     return torch.stack(outputs)
 
 
-@pytest.mark.parametrize("k_trunc,h0_memory", [(5, False), (0, False), (3, True)])
-def test_sparse_replay_gradients_equal_the_dense_reference(k_trunc, h0_memory):
+@pytest.mark.parametrize("k_trunc,h0_memory,detach_keys", [
+    (5, False, True), (0, False, True), (3, True, True), (5, False, False), (0, False, False)])
+def test_sparse_replay_gradients_equal_the_dense_reference(k_trunc, h0_memory, detach_keys):
     torch.manual_seed(0)
-    model = sab.SAB(3, 8, k_top=3, k_att=2, k_trunc=k_trunc, h0_memory=h0_memory).double()
+    model = sab.SAB(3, 8, k_top=3, k_att=2, k_trunc=k_trunc, h0_memory=h0_memory,
+                    detach_keys=detach_keys).double()
     x = torch.randn(60, 4, 3, dtype=torch.float64, requires_grad=True)  # 30 memories > k_top
 
     def grads(forward):

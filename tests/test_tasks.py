@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,11 +81,9 @@ def test_lm_metric_is_bits_per_character():
 
 
 @pytest.fixture(scope="module")
-def mnist_dir(data_dir, tmp_path_factory):
+def mnist_dir(mnist_data_dir, tmp_path_factory):
     """A writable copy of the MNIST files (torchvision extracts the archives next to them)."""
-    src = os.path.join(data_dir, "MNIST")
-    if not os.path.isdir(src):
-        return data_dir  # the loader downloads into ./data as it would for a user
+    src = os.path.join(mnist_data_dir, "MNIST")
     dst = tmp_path_factory.mktemp("data")
     shutil.copytree(src, dst / "MNIST")
     return str(dst)
@@ -127,12 +126,9 @@ def test_mnist_missing_offline_says_what_to_do(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def ptb_dir(data_dir, tmp_path):
-    src = os.path.join(data_dir, "ptb")
-    if os.path.isdir(src):
-        shutil.copytree(src, tmp_path / "ptb")
-        return str(tmp_path)
-    return data_dir
+def ptb_dir(ptb_data_dir, tmp_path):
+    shutil.copytree(os.path.join(ptb_data_dir, "ptb"), tmp_path / "ptb")
+    return str(tmp_path)
 
 
 def test_ptb_loader_real_files(ptb_dir):
@@ -160,7 +156,7 @@ def test_ptb_corrupted_file_is_caught_by_checksum(ptb_dir, tmp_path):
 def test_ptb_missing_offline_says_what_to_do(tmp_path, monkeypatch):
     def offline(url, dest):
         raise OSError("network unreachable")
-    monkeypatch.setattr(tasks, "_download", offline)
+    monkeypatch.setattr(tasks, "download", offline)
     with pytest.raises(tasks.DataError, match="ptb.char.train.txt"):
         tasks.make_task("ptb", seq_len=20, data_dir=str(tmp_path))
 
@@ -183,7 +179,7 @@ def test_text8_download_is_unzipped_and_checked(tmp_path, monkeypatch):
         assert url == tasks.TEXT8_URL
         with zipfile.ZipFile(dest, "w") as z:
             z.writestr("text8", content)
-    monkeypatch.setattr(tasks, "_download", fake_download)
+    monkeypatch.setattr(tasks, "download", fake_download)
     monkeypatch.setattr(tasks, "TEXT8_SHA256", hashlib.sha256(content).hexdigest())
     path = tasks.ensure_text8(str(tmp_path))
     assert open(path, "rb").read() == content
@@ -221,16 +217,16 @@ def test_paper_tables_put_each_result_in_its_row_and_flag_missing_rows():
                    "paper settings | CPU X | 2.0 min |",
                    "| SAB (k_trunc 5, k_top 5), T=200 | UNCONFIRMED | 33.00 | 1 | "
                    "CPU-scale (--quick, T=20) | CPU X | 2.0 min |"]
-    assert "| SAB (k_trunc 5, k_top 5), T=100 | 100 | no result yet | 0 | | | |" in lines
+    assert "| SAB (k_trunc 5, k_top 5), T=100 | 100 (k_trunc 5, k_top 5) | no result yet | 0 | | | |" in lines
     assert any(l.startswith("| SAB (k_trunc 5, k_top 5), trained T=100, tested T=400 | "
                             "UNCONFIRMED | 70.00 | 1 |") for l in lines)
     assert any(l.startswith("| LSTM (full BPTT), trained T=100, tested T=200 | UNCONFIRMED | "
                             "9.00 | 1 | CPU-scale (--quick, T=10) |") for l in lines)
-    assert "| lstm, T=1000 | fails | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
-    assert "| lstm, T=100 | converges | no result yet | 0 | | | |" in lines
-    assert ("| SAB (k_trunc 5, k_top 5), pmnist | UNCONFIRMED | 12.00 | 1 | CPU-scale (--quick, "
+    assert "| lstm, T=1000 | fails from T=1000 on (Fig. 2; figure only) | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
+    assert "| lstm, T=100 | fails from T=1000 on (Fig. 2; figure only) | no result yet | 0 | | | |" in lines
+    assert ("| SAB (k_trunc 10, k_top 10), pmnist | UNCONFIRMED | 12.00 | 1 | CPU-scale (--quick, "
             "T=784), test on first 1000 | CPU X | 2.0 min |") in lines
-    for name in tasks.PAPER_TABLES:
+    for name in tasks.paper_table_defs():
         assert f"`bash run_all.sh --only {name}`" in text
 
 
@@ -245,8 +241,8 @@ def test_estimate_runs_stay_out_of_the_results_and_give_hours_per_table():
                _record("indrnn.py", "adding", "lstm", "T1000-s0", "test_mse", 0.17)]
     assert tasks.is_estimate(records[0]) and not tasks.is_estimate(records[2])
     lines = tasks.paper_tables(records).splitlines()
-    assert "| indrnn, T=100 | converges | no result yet | 0 | | | |" in lines
-    assert "| lstm, T=1000 | fails | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
+    assert "| indrnn, T=100 | converges at T=100..5000 (Fig. 2; figure only) | no result yet | 0 | | | |" in lines
+    assert "| lstm, T=1000 | fails from T=1000 on (Fig. 2; figure only) | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
     est = tasks.time_estimates(records).splitlines()
     assert "| indrnn-adding | 2 of 12 | 6.0 | indrnn, T=100 (5.0 h) | CPU X |" in est
     assert "| sab-transfer | evaluation only | | | |" in est
@@ -267,10 +263,10 @@ def test_table_command_writes_tables_md(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "TABLES.md").read_text()
-    assert "| indrnn, mnist | 99.0 | 97.50 | 1 | paper settings | CPU X | 2.0 min |" in text
-    assert ("| res-indrnn, pmnist | 97.02 (12 layers) | no result yet: the run failed (error: MNIST "
+    assert "| indrnn, mnist | 99.0 (6 layers; 1.0% error) | 97.50 | 1 | paper settings | CPU X | 2.0 min |" in text
+    assert ("| res-indrnn, pmnist | 97.02 (12 layers; 2.98% error) | no result yet: the run failed (error: MNIST "
             "is missing from x) | 0 | | | |") in text
-    assert "| indrnn, pmnist | 96.0 | no result yet | 0 | | | |" in text
+    assert "| indrnn, pmnist | 96.0 (6 layers; 4.0% error) | no result yet | 0 | | | |" in text
 
 
 def test_seeds_table_gives_every_run_and_mean_std_range():
@@ -295,7 +291,54 @@ def test_cpu_tier_runs_get_their_own_line_with_their_budget():
     paper = _record("sab.py", "copy", "sab", "T100-s0", "test_acc", 99.0)
     lines = tasks.paper_tables(cpu + [paper]).splitlines()
     rows = [l for l in lines if l.startswith("| SAB (k_trunc 5, k_top 5), T=100 |")]
-    assert rows == ["| SAB (k_trunc 5, k_top 5), T=100 | 100 | 85.00 ± 7.07 (range 80.00 – 90.00) "
+    assert rows == ["| SAB (k_trunc 5, k_top 5), T=100 | 100 (k_trunc 5, k_top 5) | 85.00 ± 7.07 (range 80.00 – 90.00) "
                     "| 2 | paper settings on CPU, 150 min of 1 thread | CPU X | 2.0 min |",
-                    "| SAB (k_trunc 5, k_top 5), T=100 | 100 | 99.00 | 1 | paper settings | CPU X | "
+                    "| SAB (k_trunc 5, k_top 5), T=100 | 100 (k_trunc 5, k_top 5) | 99.00 | 1 | paper settings | CPU X | "
                     "2.0 min |"]
+
+
+@pytest.mark.parametrize("name", list(tasks.paper_table_defs()))
+def test_every_table_label_names_the_settings_its_flags_give(name):
+    """A row's label says k_trunc / k_top / T / layers / truncation: the run's own flags, parsed
+    by its script, must give exactly those values."""
+    import importlib
+    for r in tasks.paper_table_defs()[name][1]:
+        module = importlib.import_module(r["script"][:-3])
+        for scale in ("args", "quick"):
+            argv = ["--task", r["task"], "--model", r["model"]] + r[scale].split()
+            argv += ["--quick"] if scale == "quick" else []
+            if "--eval-only" in argv:  # parse the training run's flags
+                argv = argv[:argv.index("--eval-only")]
+            c = vars(module.parse_args(argv))
+            label = r["label"]
+            for key, pattern in (("k_trunc", r"k_trunc (\d+)"), ("k_top", r"k_top (\d+)")):
+                m = re.search(pattern, label)
+                if m and r["model"] in ("sab", "tbptt"):
+                    assert c[key] == int(m.group(1)), (label, scale, key, c[key])
+            m = re.search(r"(?<!tested )T=(\d+)", label)
+            if m and scale == "args":
+                assert c["seq_len"] == int(m.group(1)), (label, c["seq_len"])
+            m = re.search(r"(\d+) layers", label)
+            if m and scale == "args":
+                assert c["layers"] == int(m.group(1)), (label, c["layers"])
+            if "Truncate300" in label or "Full BP" in label:
+                assert c["bptt"] == (0 if "Full BP" in label else 300), (label, c["bptt"])
+
+
+def test_a_changed_extracted_mnist_file_is_a_one_line_error(mnist_dir, tmp_path):
+    folder = tmp_path / "MNIST"
+    shutil.copytree(os.path.join(mnist_dir, "MNIST"), folder)
+    tasks.make_task("mnist", data_dir=str(tmp_path))  # extracted and checked: fine
+    labels = folder / "raw" / "t10k-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[-1] = (data[-1] + 1) % 10  # one label changed, same size
+    labels.write_bytes(bytes(data))
+    with pytest.raises(tasks.DataError, match="t10k-labels-idx1-ubyte differs from its verified "
+                                              "archive .*: delete it"):
+        tasks.make_task("mnist", data_dir=str(tmp_path))
+    labels.unlink()  # as the message says: extracted again, and fine
+    tasks.make_task("mnist", data_dir=str(tmp_path))
+    archive = folder / "raw" / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:-10])
+    with pytest.raises(tasks.DataError, match="train-images-idx3-ubyte.gz is corrupt"):
+        tasks.make_task("mnist", data_dir=str(tmp_path))

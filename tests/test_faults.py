@@ -1,0 +1,257 @@
+"""The fault suite: what a run of each script guarantees after bad input, a crash, Ctrl-C,
+divergence, a full disk or a second run of the same name (tasks.Run, the shared run harness).
+
+Every script trains a tiny synthetic task here, a few seconds of CPU per run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import indrnn
+import sab
+import tasks
+from conftest import ROOT
+
+# Tiny runs of each script on a synthetic task (rlstm.py has no synthetic task; its harness
+# use is the same code, covered by tests/test_rlstm.py's resume test).
+TINY = {
+    "sab.py": ["--task", "copy", "--seq-len", "4", "--hidden-size", "8", "--batch-size", "8",
+               "--k-top", "2", "--k-trunc", "3", "--eval-size", "32"],
+    "indrnn.py": ["--task", "adding", "--seq-len", "10", "--hidden-size", "8", "--batch-size",
+                  "8", "--eval-size", "32"],
+}
+MAIN = {"sab.py": sab.main, "indrnn.py": indrnn.main}
+SCRIPTS = list(TINY)
+
+
+def _argv(script, out, *extra):
+    return TINY[script] + ["--out-dir", str(out), "--eval-every", "5", *extra]
+
+
+def _name(script, out):
+    """The last-state checkpoint of the tiny run of `script` under `out`."""
+    folder = os.path.join(out, "ckpt")
+    return os.path.join(folder, next(f for f in sorted(os.listdir(folder))
+                                     if f.endswith(".pt") and not f.endswith("-best.pt")))
+
+
+def _ck(path):
+    return torch.load(path, weights_only=False)
+
+
+def _finite(ck):
+    return all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def _spawn(script, out, *extra):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *_argv(script, out,
+                             *extra)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _all_finite(folder):
+    for f in os.listdir(folder) if os.path.isdir(folder) else []:
+        if f.endswith(".pt"):
+            ck = _ck(os.path.join(folder, f))
+            assert _finite(ck), f
+            assert all(all(torch.tensor(v).isfinite() for v in h.values()
+                           if isinstance(v, float)) for h in ck.get("history", [])), f
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_weights_that_turn_non_finite_on_an_evaluation_step_are_never_saved(script, tmp_path,
+                                                                            monkeypatch):
+    real = tasks.Run.step_done
+
+    def poisoned(self, loss):  # the update of step 10, an evaluation step, breaks the weights
+        if self.step == 9:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return real(self, loss)
+    monkeypatch.setattr(tasks.Run, "step_done", poisoned)
+    with pytest.raises(SystemExit, match=r"diverged.*checkpoint on disk: .*\.pt \(step 5\)"):
+        MAIN[script](_argv(script, tmp_path, "--steps", "20"))
+    _all_finite(tmp_path / "ckpt")
+    assert _ck(_name(script, tmp_path))["step"] == 5
+
+
+def test_real_divergence_writes_no_non_finite_checkpoint(tmp_path):
+    # IndRNN adding with an absurd learning rate and no clipping (the probe that once saved a
+    # step-1 checkpoint with validation MSE inf as best)
+    try:
+        indrnn.main(_argv("indrnn.py", tmp_path, "--lr", "1e6", "--clip", "0", "--eval-every",
+                          "1", "--steps", "30"))
+    except SystemExit as e:
+        assert "diverged" in str(e.code)
+    _all_finite(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_existing_run_is_refused_without_resume_and_restart_starts_over(script, tmp_path):
+    MAIN[script](_argv(script, tmp_path, "--steps", "10"))
+    with pytest.raises(SystemExit, match="--resume to continue it, or --restart"):
+        MAIN[script](_argv(script, tmp_path, "--steps", "5"))
+    assert _ck(_name(script, tmp_path))["step"] == 10, "the existing checkpoint is untouched"
+    rec = MAIN[script](_argv(script, tmp_path, "--steps", "5", "--restart"))
+    assert rec["steps_done"] == 5 and _ck(_name(script, tmp_path))["step"] == 5
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_second_run_of_the_same_name_is_refused_and_a_stale_lock_is_taken(script, tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    argv = _argv(script, tmp_path, "--steps", "5", "--tag", "locked")
+    lock = tmp_path / "ckpt" / f"{script[:-3]}-{TINY[script][1]}-{script[:-3]}-locked.lock"
+    try:
+        lock.write_text(str(sleeper.pid))  # a live process holds the run name
+        with pytest.raises(SystemExit, match="already running"):
+            MAIN[script](argv)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    rec = MAIN[script](argv)  # the lock's process is gone: stale, taken over
+    assert rec["steps_done"] == 5 and not lock.exists(), "released at the end"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_refuses_changed_model_flags_and_accepts_more_steps(script, tmp_path):
+    MAIN[script](_argv(script, tmp_path, "--steps", "5"))
+    with pytest.raises(SystemExit, match=r"--lr 0.5 \(checkpoint: "):
+        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume", "--lr", "0.5"))
+    with pytest.raises(SystemExit, match=r"--batch-size 4 \(checkpoint: 8\)"):
+        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume", "--batch-size", "4"))
+    rec = MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume"))
+    assert rec["steps_done"] == 10 and rec["config"]["steps"] == 10
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_a_broken_checkpoint_gives_a_one_line_error(script, tmp_path, content):
+    MAIN[script](_argv(script, tmp_path, "--steps", "5"))
+    path = _name(script, tmp_path)
+    if content is None:  # truncated mid-file
+        data = open(path, "rb").read()
+        content = data[:len(data) // 2]
+    with open(path, "wb") as f:
+        f.write(content)
+    with pytest.raises(SystemExit, match="cannot read checkpoint .* delete it or use --restart"):
+        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_unwritable_out_dir_is_found_before_training(script, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match="--out-dir .* is not writable"):
+        MAIN[script](_argv(script, blocker / "out", "--steps", "5"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_sigint_checkpoints_the_current_step_and_resume_is_bit_identical(script, tmp_path):
+    full = MAIN[script](_argv(script, tmp_path / "full", "--steps", "60", "--eval-every", "30"))
+    # checkpoint every step (0.001 min), interrupt once a checkpoint beyond step 0 exists
+    out = tmp_path / "cut"
+    proc = _spawn(script, out, "--steps", "60", "--eval-every", "30", "--checkpoint-minutes",
+                  "0.0001")
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "ckpt").exists() and any(f.endswith(".pt") for f in os.listdir(out / "ckpt")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast)")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "to continue: python " + script in err, err
+    assert "--resume" in err.splitlines()[-1]
+    stopped = _ck(_name(script, out))["step"]
+    assert 0 < stopped < 60
+    resumed = MAIN[script](_argv(script, out, "--steps", "60", "--eval-every", "30",
+                                 "--resume"))
+    assert resumed["metrics"] == full["metrics"]
+    a, b = _ck(_name(script, tmp_path / "full")), _ck(_name(script, out))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "bit-identical"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_kill_9_loses_at_most_the_checkpoint_interval_and_resume_is_bit_identical(script,
+                                                                                   tmp_path):
+    full = MAIN[script](_argv(script, tmp_path / "full", "--steps", "60", "--eval-every", "30"))
+    out = tmp_path / "cut"
+    proc = _spawn(script, out, "--steps", "60", "--eval-every", "30", "--checkpoint-minutes",
+                  "0.0001")
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        folder = out / "ckpt"
+        if folder.exists() and any(f.endswith(".pt") for f in os.listdir(folder)):
+            time.sleep(0.2)  # somewhere in the middle, maybe inside a write
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    if not any(f.endswith(".pt") and not f.endswith("-best.pt")
+               for f in os.listdir(out / "ckpt")):
+        pytest.skip("killed before the first checkpoint")
+    resumed = MAIN[script](_argv(script, out, "--steps", "60", "--eval-every", "30",
+                                 "--resume"))
+    assert resumed["metrics"] == full["metrics"]
+
+
+def test_resume_of_a_carried_state_run_is_bit_identical(tmp_path, ptb_data_dir):
+    # IndRNN language modelling carries the hidden state across batches: it is in the checkpoint
+    argv = ["--task", "ptb", "--seq-len", "20", "--hidden-size", "16", "--layers", "2",
+            "--batch-size", "8", "--eval-size", "4", "--test-size", "4", "--eval-every", "4",
+            "--data-dir", ptb_data_dir]
+    full = indrnn.main(argv + ["--out-dir", str(tmp_path / "a"), "--steps", "12"])
+    indrnn.main(argv + ["--out-dir", str(tmp_path / "b"), "--steps", "6"])
+    resumed = indrnn.main(argv + ["--out-dir", str(tmp_path / "b"), "--steps", "12",
+                                  "--resume"])
+    assert resumed["metrics"] == full["metrics"]
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("sab.py", ["--task", "ptb", "--test-seq-len", "50"], "--test-seq-len: only copy and adding"),
+    ("indrnn.py", ["--task", "mnist", "--test-seq-len", "50"], "--test-seq-len: only adding"),
+    ("rlstm.py", ["--task", "mnist", "--test-seq-len", "50"], "--test-seq-len: the tasks of"),
+    ("sab.py", ["--clip", "-1"], "argument --clip: must be a number in [0, 1e+06], got -1"),
+    ("indrnn.py", ["--clip-value", "-1"], "argument --clip-value: must be a number in [0"),
+    ("indrnn.py", ["--weight-decay=-1e-4"], "argument --weight-decay: must be a number in"),
+    ("indrnn.py", ["--mag", "inf"], "argument --mag: must be a number in (0, 1e+06], got inf"),
+    ("rlstm.py", ["--pretrain-epochs", "nan"], "argument --pretrain-epochs: must be a number"),
+    ("sab.py", ["--seed", str(2**63)], "argument --seed: must be a non-negative integer"),
+    ("sab.py", ["--lr", "1e39"], "argument --lr: must be a number in (0, 1e+06], got 1e39"),
+    ("sab.py", ["--task", "adding", "--seq-len", "1"], "--seq-len 1: adding needs T >= 2"),
+    ("indrnn.py", ["--task", "adding", "--seq-len", "1"], "--seq-len 1: adding needs T >= 2"),
+    ("sab.py", ["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file"),
+])
+def test_flags_without_effect_or_out_of_range_are_refused_in_one_line(script, args, message,
+                                                                       tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script), *args, "--out-dir",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not os.listdir(tmp_path), "nothing written"
+
+
+def test_eval_only_needs_a_trained_run(tmp_path):
+    with pytest.raises(SystemExit, match="--eval-only: no best checkpoint"):
+        sab.main(_argv("sab.py", tmp_path, "--eval-only"))
+
+
+def test_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    sab.main(_argv("sab.py", tmp_path, "--steps", "5"))
+    before = _ck(_name("sab.py", tmp_path))["step"]
+
+    def full_disk(obj, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit, match="No space left on device.* on disk: .*step 5"):
+        sab.main(_argv("sab.py", tmp_path, "--steps", "10", "--resume"))
+    monkeypatch.undo()
+    assert _ck(_name("sab.py", tmp_path))["step"] == before
+    assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path / "ckpt"))
