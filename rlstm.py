@@ -874,9 +874,9 @@ def parse_args(argv=None):
     a("--ss-steps", type=tasks.positive_int,
       help="steps over which the sampling probability grows linearly from 0 to --ss-max "
            "(default: --steps)")
-    a("--optimizer", choices=["rmsprop", "adam"])
-    a("--embed-size", type=tasks.positive_int)
-    a("--ffn-size", type=tasks.positive_int)
+    a("--optimizer", choices=["rmsprop", "adam"], help="the optimizer of both losses")
+    a("--embed-size", type=tasks.positive_int, help="size of the input token embedding")
+    a("--ffn-size", type=tasks.positive_int, help="units of the classifier's two FFN layers")
     a("--aux-hidden", type=tasks.positive_int, help="units of the auxiliary LSTM layers")
     args = p.parse_args(argv)
     args.seq_len_given = args.seq_len is not None

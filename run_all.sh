@@ -105,10 +105,11 @@ run() {
     done
 }
 barrier() { wait; RUNNING=0; }  # a table's runs finish before the next table (transfer needs them)
-has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing
+has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing or empty
     [ -n "$ONLY" ] && [ "$ONLY" != "$2" ] && return 1
     [ "$CPU" = 1 ] && return 1
-    [ -e "$1" ] || { echo "== skipping $2: no data at $1 ($3)"; return 1; }
+    # (an empty folder is what a failed download leaves behind)
+    [ -n "$(ls -A "$1" 2>/dev/null)" ] || { echo "== skipping $2: no data at $1 ($3)"; return 1; }
 }
 [ "$DRY" = 1 ] || { mkdir -p "$OUT/logs"; rm -f "$OUT/failed.txt"; }  # a dry run changes nothing
 

@@ -779,8 +779,9 @@ def seeds_table(records):
 
 # Flags that may differ on --resume: when and how long a run goes, where it reads and writes.
 # Every other flag shapes the model, the data or the optimizer and must match the checkpoint.
-RESUMABLE_FLAGS = {"steps", "time_budget", "eval_every", "test_size", "test_seq_len", "resume",
-                   "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
+# (ss_steps: rlstm.py's scheduled-sampling ramp, which defaults to --steps)
+RESUMABLE_FLAGS = {"steps", "ss_steps", "time_budget", "eval_every", "test_size", "test_seq_len",
+                   "resume", "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
                    "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark"}
 
 
@@ -838,23 +839,14 @@ class Run:
         self.saved_step = None      # the step of the last checkpoint on disk (None: none yet)
         self.interrupted = None     # the signal's name once SIGINT / SIGTERM arrived
         self._handlers = {}
+        Run.preflight(script, args)  # again: the files may have changed since main() called it
         self._lock(folder)
-        if os.path.exists(self.last_path):
-            if args.restart:
-                for path in (self.last_path, self.best_path):
-                    if os.path.exists(path):
-                        os.remove(path)
-            elif args.resume or args.eval_only:
-                self._restore(self._read(self.last_path))
-            else:
-                self._fail(f"run {self.name} exists ({self.last_path}, step "
-                           f"{self._read(self.last_path)['step']}): add --resume to continue "
-                           f"it, or --restart to start it over")
-        elif args.resume:
-            self._fail(f"no checkpoint {self.last_path} to resume from (check --task, --model, "
-                       f"--tag / --seq-len / --quick and --out-dir)")
-        if args.eval_only and not os.path.exists(self.best_path):
-            self._fail(f"--eval-only: no best checkpoint {self.best_path} (train the run first)")
+        if args.restart:
+            for path in (self.last_path, self.best_path):
+                if os.path.exists(path):
+                    os.remove(path)
+        elif os.path.exists(self.last_path):  # preflight: only with --resume or --eval-only
+            self._restore(self._read(self.last_path))
         print(f"== {script} | task: {task.description}")
         print("== config: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
         print(f"== device: {device} ({hardware(device)}), seed={args.seed}, params="
@@ -965,6 +957,7 @@ class Run:
 
     def close(self):
         """Releases the lock and the signal handlers (finish() calls it)."""
+        atexit.unregister(self.close)
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers = {}
@@ -1047,11 +1040,6 @@ class Run:
 
     def _lock(self, folder):
         """Takes ckpt/<name>.lock (the owner's pid); a lock whose process is gone is stale."""
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise SystemExit(f"error: --out-dir {self.args.out_dir} is not writable "
-                             f"({e.strerror})")
         self.lock_path = os.path.join(folder, self.name + ".lock")
         for _ in range(2):
             try:

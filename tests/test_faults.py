@@ -12,20 +12,33 @@ import pytest
 import torch
 
 import indrnn
+import rlstm
 import sab
 import tasks
 from conftest import ROOT
+from test_rlstm import TinyTask
 
-# Tiny runs of each script on a synthetic task (rlstm.py has no synthetic task; its harness
-# use is the same code, covered by tests/test_rlstm.py's resume test).
+# Tiny runs of each script on a synthetic task. rlstm.py has none: in this process its task is
+# replaced by test_rlstm's TinyTask (the fixture below); the tests that start a separate process
+# (SIGINT, kill -9) run sab.py and indrnn.py, and rlstm.py's resume is tested in test_rlstm.py.
 TINY = {
     "sab.py": ["--task", "copy", "--seq-len", "4", "--hidden-size", "8", "--batch-size", "8",
                "--k-top", "2", "--k-trunc", "3", "--eval-size", "32"],
     "indrnn.py": ["--task", "adding", "--seq-len", "10", "--hidden-size", "8", "--batch-size",
                   "8", "--eval-size", "32"],
+    "rlstm.py": ["--task", "dbpedia", "--seq-len", "24", "--batch-size", "8", "--hidden-size",
+                 "8", "--embed-size", "8", "--ffn-size", "8", "--aux-hidden", "8", "--aux-len",
+                 "6", "--bptt", "8", "--aux-bptt", "8", "--eval-size", "32"],
 }
-MAIN = {"sab.py": sab.main, "indrnn.py": indrnn.main}
+MAIN = {"sab.py": sab.main, "indrnn.py": indrnn.main, "rlstm.py": rlstm.main}
 SCRIPTS = list(TINY)
+SUBPROCESS_SCRIPTS = ["sab.py", "indrnn.py"]
+
+
+@pytest.fixture(autouse=True)
+def tiny_rlstm_task(monkeypatch):
+    monkeypatch.setattr(rlstm, "make_task", lambda name, seq_len, batch_size, *a, **k:
+                        TinyTask(seq_len, batch_size))
 
 
 def _argv(script, out, *extra):
@@ -47,9 +60,19 @@ def _finite(ck):
     return all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def _spawn(script, out, *extra):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *_argv(script, out,
-                             *extra)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _spawn_until_checkpoint(script, out):
+    """Starts the tiny run of `script` (60 steps, a checkpoint every step) in a process and
+    returns it once its first checkpoint exists (or after 60 s)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *_argv(
+        script, out, "--steps", "60", "--eval-every", "30", "--checkpoint-minutes", "0.0001")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        folder = out / "ckpt"
+        if folder.exists() and any(f.endswith(".pt") for f in os.listdir(folder)):
+            break
+        time.sleep(0.05)
+    return proc
 
 
 def _all_finite(folder):
@@ -149,18 +172,12 @@ def test_an_unwritable_out_dir_is_found_before_training(script, tmp_path):
         MAIN[script](_argv(script, blocker / "out", "--steps", "5"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SUBPROCESS_SCRIPTS)
 def test_sigint_checkpoints_the_current_step_and_resume_is_bit_identical(script, tmp_path):
     full = MAIN[script](_argv(script, tmp_path / "full", "--steps", "60", "--eval-every", "30"))
     # checkpoint every step (0.001 min), interrupt once a checkpoint beyond step 0 exists
     out = tmp_path / "cut"
-    proc = _spawn(script, out, "--steps", "60", "--eval-every", "30", "--checkpoint-minutes",
-                  "0.0001")
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "ckpt").exists() and any(f.endswith(".pt") for f in os.listdir(out / "ckpt")):
-            break
-        time.sleep(0.05)
+    proc = _spawn_until_checkpoint(script, out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
@@ -177,20 +194,13 @@ def test_sigint_checkpoints_the_current_step_and_resume_is_bit_identical(script,
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "bit-identical"
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SUBPROCESS_SCRIPTS)
 def test_kill_9_loses_at_most_the_checkpoint_interval_and_resume_is_bit_identical(script,
                                                                                    tmp_path):
     full = MAIN[script](_argv(script, tmp_path / "full", "--steps", "60", "--eval-every", "30"))
     out = tmp_path / "cut"
-    proc = _spawn(script, out, "--steps", "60", "--eval-every", "30", "--checkpoint-minutes",
-                  "0.0001")
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        folder = out / "ckpt"
-        if folder.exists() and any(f.endswith(".pt") for f in os.listdir(folder)):
-            time.sleep(0.2)  # somewhere in the middle, maybe inside a write
-            break
-        time.sleep(0.05)
+    proc = _spawn_until_checkpoint(script, out)
+    time.sleep(0.2)  # somewhere in the middle, maybe inside a checkpoint write
     proc.kill()
     proc.communicate()
     if not any(f.endswith(".pt") and not f.endswith("-best.pt")

@@ -125,3 +125,13 @@ def test_dry_run_changes_nothing_on_disk(tmp_path):
     _dry_run("--quick", "--out-dir", str(tmp_path / "out"))
     _dry_run("--quick", "--out-dir", str(tmp_path))
     assert not (tmp_path / "out").exists() and (tmp_path / "failed.txt").exists()
+
+
+def test_an_empty_dataset_folder_left_by_a_failed_download_schedules_nothing(tmp_path):
+    data = tmp_path / "data"
+    (data / "dbpedia").mkdir(parents=True)  # empty, as a failed download leaves it
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", "--only",
+                        "rlstm-dbpedia", "--data-dir", str(data), "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and "skipping rlstm-dbpedia: no data" in r.stdout
+    assert not [l for l in r.stdout.splitlines() if l.startswith("python ")]

@@ -342,3 +342,21 @@ def test_a_changed_extracted_mnist_file_is_a_one_line_error(mnist_dir, tmp_path)
     archive.write_bytes(archive.read_bytes()[:-10])
     with pytest.raises(tasks.DataError, match="train-images-idx3-ubyte.gz is corrupt"):
         tasks.make_task("mnist", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("script", ["sab", "indrnn", "rlstm"])
+def test_help_has_text_for_every_flag_and_no_none_defaults(script, capsys):
+    import importlib
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "--quick sets" in text and "per task" in text
+    parser_lines = [l for l in text.splitlines() if l.startswith("  --")]
+    # a flag line without help ends with its metavar: every flag has a description after it
+    described = re.findall(r"^  (--[\w-]+)", text, re.M)
+    assert len(described) == len(parser_lines) > 20
+    for line in parser_lines:
+        flag = line.split()[0]
+        after = text.split(line, 1)[1].split("\n  --", 1)[0]
+        assert len(line.split()) > 2 or after.strip(), f"{script}: {flag} has no help"
