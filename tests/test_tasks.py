@@ -96,7 +96,7 @@ def test_mnist_loader_real_files(mnist_dir):
     assert x.shape == (784, 32, 1) and y.shape == (32,)
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
     assert torch.equal(task.train_batch(0)[0], x)
-    # The official test labels: 980 zeros ... 1009 nines (shared/data/README.md).
+    # The official test labels: 980 zeros ... 1009 nines (the MNIST test set's class counts).
     counts = torch.bincount(task.data["test"][1], minlength=10).tolist()
     assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # The held-out 5% is disjoint from the training part and the same every time.
