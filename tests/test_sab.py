@@ -348,7 +348,7 @@ def test_model_classes_work_when_copied_out_under_the_standard_imports():
 
 
 def test_load_rebuilds_the_trained_network_from_its_best_checkpoint(tmp_path):
-    rec = _run(tmp_path, "--steps", "5", "--h0-memory", "--head", "h+read")
+    _run(tmp_path, "--steps", "5", "--h0-memory", "--head", "h+read")
     net = sab.load(tmp_path / "ckpt" / "sab-copy-sab-T4-best.pt")
     task = tasks.make_task("copy", 4, 64, str(tmp_path), 0)
     x, y = next(task.eval_batches("test", limit=64))
