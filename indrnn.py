@@ -1023,7 +1023,7 @@ def main(argv=None):
                          ntu_protocol=args.ntu_protocol)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
-    model = build_model(args, task).to(device)
+    model = tasks.build(lambda: build_model(args, task).to(device), args)
     opt = make_optimizer(model, args)
     if task.kind == "lm":  # PTB: lr / 5 when validation BPC stops improving (patience 20 evals)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.2, patience=20)

@@ -913,6 +913,9 @@ def parse_args(argv=None):
         trunc += "-aux" + ("full" if args.aux_bptt == 0 else str(args.aux_bptt))
     if args.test_seq_len:
         p.error("--test-seq-len: the tasks of rlstm.py have one fixed length")
+    if args.task == "stanford_dogs" and math.isqrt(args.seq_len) ** 2 != args.seq_len:
+        p.error(f"--seq-len {args.seq_len}: stanford_dogs needs a square (side^2: 1024, 4096, "
+                f"16384)")
     args.tag = args.tag or f"T{args.seq_len}-{trunc}" + ("-quick" if args.quick else "")
     return args
 
@@ -998,7 +1001,7 @@ def main(argv=None):
                          args.test_seq_len, as_tokens=True, eval_size=args.eval_size)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
-    model = build_model(args, task).to(device)
+    model = tasks.build(lambda: build_model(args, task).to(device), args)
     params = model.parameters()
     opt = (torch.optim.RMSprop(params, lr=args.lr) if args.optimizer == "rmsprop"
            else torch.optim.Adam(params, lr=args.lr))

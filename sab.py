@@ -635,7 +635,7 @@ def main(argv=None):
                                args.test_seq_len, eval_size=args.eval_size)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
-    model = build_model(args, task).to(device)
+    model = tasks.build(lambda: build_model(args, task).to(device), args)
     if args.grad_checkpoint:
         model.rnn.checkpoint_every = checkpoint_segment(args.k_trunc, args.seq_len)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)

@@ -619,6 +619,20 @@ def check_args(p, args):
             p.error(f"{flag} {path} is a file, not a folder")
 
 
+def build(make, args):
+    """make() -> the model, on its device. A size too large to allocate is a one-line error that
+    names the size flags instead of an allocator traceback."""
+    try:
+        return make()
+    except (RuntimeError, MemoryError) as e:
+        text = str(e)
+        if not isinstance(e, MemoryError) and "allocat" not in text and "out of memory" not in text:
+            raise
+        raise SystemExit(f"error: the model does not fit in memory with --hidden-size "
+                         f"{args.hidden_size} --layers {args.layers} --batch-size {args.batch_size}"
+                         f" ({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})")
+
+
 def setup(args):
     """Threads, device, AMP and the seed for a run: returns (device, autocast dtype or None,
     use GradScaler). SystemExit for a device or AMP mode this machine lacks."""

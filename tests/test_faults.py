@@ -237,6 +237,7 @@ def test_resume_of_a_carried_state_run_is_bit_identical(tmp_path, ptb_data_dir):
     ("sab.py", ["--task", "adding", "--seq-len", "1"], "--seq-len 1: adding needs T >= 2"),
     ("indrnn.py", ["--task", "adding", "--seq-len", "1"], "--seq-len 1: adding needs T >= 2"),
     ("sab.py", ["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file"),
+    ("rlstm.py", ["--task", "stanford_dogs", "--seq-len", "1000"], "needs a square"),
 ])
 def test_flags_without_effect_or_out_of_range_are_refused_in_one_line(script, args, message,
                                                                        tmp_path):
@@ -265,3 +266,12 @@ def test_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert _ck(_name("sab.py", tmp_path))["step"] == before
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path / "ckpt"))
+
+
+def test_a_model_too_large_to_allocate_is_a_one_line_error(tmp_path):
+    # 1e9 hidden units: SAB's first weight alone would need 160 GB, refused by the allocator
+    argv = ["--task", "copy", "--hidden-size", str(10**9), "--out-dir", str(tmp_path)]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "sab.py"), *argv], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "error: the model does not fit in memory with --hidden-size 1000000000" in r.stderr
