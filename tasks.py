@@ -869,7 +869,7 @@ class Run:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._handlers[sig] = signal.signal(sig, self._on_signal)
-        self.t_start = self.last_save = time.time() - self.elapsed
+        self.t_start, self.last_save = time.time() - self.elapsed, time.time()
         self.bar = tqdm(total=args.steps, initial=self.step, mininterval=5, desc=self.name,
                         disable=not self.training(), dynamic_ncols=True)
 
