@@ -1042,7 +1042,7 @@ def main(argv=None):
         if task.kind == "lm" and random.Random(args.seed * 1_000_003 + run.step).random() < 0.1:
             state = None  # the authors reset the carried state with probability 1/10 per batch
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out, state = model(x, detach_state(state) if task.kind == "lm" else None)
+            out, state = model(x, state if task.kind == "lm" else None)  # (stored detached)
         run.extra["state"] = detach_state(state) if task.kind == "lm" else None
         loss, _ = tasks.loss_and_stats(task.kind, out, y, stats=False)
         opt.zero_grad(set_to_none=True)

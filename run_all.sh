@@ -124,13 +124,15 @@ table() {  # table NAME: run every row of NAME
     done <<< "$ROWS"
     barrier
 }
-table sab-copy; table sab-transfer; table sab-other
-table indrnn-adding; table indrnn-mnist; table indrnn-ptb
-has_data "$DATA/ntu/nturgb+d_skeletons" indrnn-ntu "NTU RGB+D needs registration; see docs/indrnn.md" \
-    && table indrnn-ntu
-table rlstm-table2; table rlstm-dogs
-has_data "$DATA/dbpedia" rlstm-dbpedia "put dbpedia_csv.tar.gz there, or run once with network" \
-    && table rlstm-dbpedia
+for t in $TABLES; do  # in this order; two tables need data that cannot always be downloaded
+    case $t in
+        indrnn-ntu) has_data "$DATA/ntu/nturgb+d_skeletons" $t \
+                        "NTU RGB+D needs registration; see docs/indrnn.md" || continue ;;
+        rlstm-dbpedia) has_data "$DATA/dbpedia" $t \
+                        "put dbpedia_csv.tar.gz there, or run once with network" || continue ;;
+    esac
+    table $t
+done
 
 [ "$DRY" = 1 ] && exit 0
 echo "== skipped $SKIPPED runs whose results exist"

@@ -519,7 +519,6 @@ def _number(cast, low, high, what):
         if not (math.isfinite(v) and low(v) and v <= high):
             raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
         return v
-    parse.__name__ = what  # argparse names the type in its messages
     return parse
 
 
@@ -816,13 +815,19 @@ class Run:
     """
 
     @staticmethod
+    def paths(script, args):
+        """(run name, ckpt folder, last checkpoint, best checkpoint) of a run."""
+        name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
+        folder = os.path.join(args.out_dir, "ckpt")
+        return name, folder, os.path.join(folder, name + ".pt"), os.path.join(folder,
+                                                                              name + "-best.pt")
+
+    @staticmethod
     def preflight(script, args):
         """The refusals that need no data or model, for a script to call before it loads data:
         an unwritable --out-dir, --resume / --eval-only without a checkpoint, an existing run
         without --resume or --restart. SystemExit with a one-line message."""
-        name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
-        folder = os.path.join(args.out_dir, "ckpt")
-        last, best = os.path.join(folder, name + ".pt"), os.path.join(folder, name + "-best.pt")
+        name, folder, last, best = Run.paths(script, args)
         if os.path.exists(last) and not (args.resume or args.eval_only or args.restart):
             raise SystemExit(f"error: run {name} exists ({last}): add --resume to continue it, "
                              f"or --restart to start it over")
@@ -845,10 +850,7 @@ class Run:
         self.device, self.meta, self.extra = device, meta or {}, extra or {}
         self.argv = list(sys.argv[1:] if argv is None else argv)
         self.metric, self.larger_is_better = SELECT[task.kind]
-        self.name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
-        folder = os.path.join(args.out_dir, "ckpt")
-        self.last_path = os.path.join(folder, self.name + ".pt")
-        self.best_path = os.path.join(folder, self.name + "-best.pt")
+        self.name, folder, self.last_path, self.best_path = Run.paths(script, args)
         self.step, self.best, self.history, self.elapsed = 0, None, [], 0.0
         self.saved_step = None      # the step of the last checkpoint on disk (None: none yet)
         self.interrupted = None     # the signal's name once SIGINT / SIGTERM arrived
@@ -913,14 +915,14 @@ class Run:
         value = val[self.metric]
         if not math.isfinite(value):
             self._diverged(f"non-finite {self.metric} {value} at step {self.step}")
+        self._check_finite()  # before either checkpoint is written
         self.elapsed = time.time() - self.t_start
         self.history.append(dict(step=self.step, seconds=round(self.elapsed, 1), **fields, **val))
         if self.best is None or (value > self.best if self.larger_is_better else value < self.best):
-            self._check_finite()
             self.best = value
             self._save(self.best_path, dict(model=self.model.state_dict(), step=self.step,
                                             **self.meta))
-        self.save_last()
+        self._write_last()
         self.bar.write(f"step {self.step}: " + " ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in
             {**fields, **val}.items()) + f" (best {self.metric} {self.best:.4f}, "
@@ -932,6 +934,9 @@ class Run:
     def save_last(self):
         """Writes the last-state checkpoint (refused with SystemExit if a weight is not finite)."""
         self._check_finite()
+        self._write_last()
+
+    def _write_last(self):
         self.elapsed = time.time() - self.t_start
         self._save(self.last_path, dict(
             model=self.model.state_dict(), rng=rng_state(), step=self.step, best=self.best,
