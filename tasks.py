@@ -1,17 +1,14 @@
-"""Shared part of the three reproductions: task data, metrics, checkpoints and the results table.
+"""What the three scripts share: tasks, metrics, the common CLI, the run harness, results tables.
 
-No model code lives here. Every task is defined once, printed in each run's header, and used by
-`indrnn.py`, `sab.py` and `rlstm.py` alike:
+No model code lives here. A task gives time-major batches, the same in every script:
 
     task = make_task("copy", seq_len=100, batch_size=64, data_dir="./data", seed=0)
-    x, y = task.train_batch(step)   # the batch for a step is a pure function of (seed, step)
+    x, y = task.train_batch(step)   # a pure function of (seed, step): a resumed run sees the same
     for x, y in task.eval_batches("valid"): ...
 
-Shapes are time-major. `x` is either a LongTensor of tokens (T, B) or a FloatTensor (T, B, C);
-`y` is (T, B) tokens for per-step tasks (copy, ptb, text8), (B,) class labels for
-classification, (B,) floats for regression (adding).
-
-Run `python tasks.py table results/*.json` to print the results table from finished runs.
+x: LongTensor tokens (T, B) or FloatTensor (T, B, C); y: (T, B) tokens for per-step tasks (copy,
+ptb, text8), (B,) labels for classification, (B,) floats for regression (adding).
+`python tasks.py --help`: the results tables of finished runs.
 """
 import argparse
 import atexit
@@ -43,53 +40,39 @@ COPY_EVAL_SEEDS = {"valid": 10_001, "test": 10_002}  # fixed copy / adding evalu
 
 
 class DataError(RuntimeError):
-    """A dataset is missing, cannot be downloaded, or fails its checksum. The message says what to do."""
+    """A dataset is missing, cannot be downloaded, or fails its checksum; the message says what
+    to do."""
 
 
 # ----------------------------------------------------------------------------------------------
-# Synthetic tasks: fresh samples every training batch, fixed seeded evaluation sets.
+# Synthetic tasks: a fresh batch every training step, fixed seeded evaluation sets.
 
 def copy_batch(batch_size, seq_len, generator):
-    """Copy memory task in the SAB layout (Ke et al. 2018, section 5.1).
-
-    Input: 10 digits drawn from 1..8, then T-1 blanks (0), a marker 9, then 10 blanks.
-    Target: blanks (0) for T+10 steps, then the 10 digits. Total length T+20.
-
-    Returns:
-        x: LongTensor (T+20, B) of input tokens in 0..9.
-        y: LongTensor (T+20, B) of target tokens in 0..8.
-    """
+    """Copy memory in the SAB layout (Ke et al. 2018, section 5.1): 10 digits from 1..8, T-1
+    blanks (0), a marker 9, 10 blanks; the target is blanks (0) for T+10 steps, then the digits.
+    Returns x, y: LongTensors (T+20, B), tokens 0..9 and 0..8."""
     B, T = batch_size, seq_len
     digits = torch.randint(1, 9, (10, B), generator=generator)
     x = torch.zeros(T + 20, B, dtype=torch.long)
-    x[:10] = digits
-    x[T + 9] = 9
+    x[:10], x[T + 9] = digits, 9
     y = torch.zeros(T + 20, B, dtype=torch.long)
     y[T + 10:] = digits
     return x, y
 
 
 def adding_batch(batch_size, seq_len, generator):
-    """Adding problem (Hochreiter & Schmidhuber 1997; the IndRNN and SAB variant).
-
-    Channel 0 holds values drawn from U(0, 1); channel 1 is a marker that is 1 at exactly one
-    position in each half of the sequence. The target is the sum of the two marked values.
-
-    Returns:
-        x: FloatTensor (T, B, 2).
-        y: FloatTensor (B,), in [0, 2].
-    """
+    """Adding problem (Hochreiter & Schmidhuber 1997; the IndRNN and SAB variant): channel 0
+    holds U(0, 1) values, channel 1 marks one position in each half; the target is the sum of
+    the two marked values. Returns x: FloatTensor (T, B, 2), y: FloatTensor (B,) in [0, 2].
+    Raises ValueError for T < 2."""
     B, T = batch_size, seq_len
     if T < 2:
         raise ValueError(f"adding needs seq_len >= 2, got {T}")
     values = torch.rand(T, B, generator=generator)
-    first = torch.randint(0, T // 2, (B,), generator=generator)
-    second = torch.randint(T // 2, T, (B,), generator=generator)
     marker = torch.zeros(T, B)
-    marker[first, torch.arange(B)] = 1.0
-    marker[second, torch.arange(B)] = 1.0
-    y = (values * marker).sum(0)
-    return torch.stack([values, marker], dim=2), y
+    for low, high in ((0, T // 2), (T // 2, T)):
+        marker[torch.randint(low, high, (B,), generator=generator), torch.arange(B)] = 1.0
+    return torch.stack([values, marker], dim=2), (values * marker).sum(0)
 
 
 def step_generator(seed, step):
@@ -98,32 +81,31 @@ def step_generator(seed, step):
 
 
 class SyntheticTask:
-    """Copy or adding: a fresh batch every step, fixed seeded valid/test sets."""
+    """Copy or adding: a fresh batch every step, fixed seeded valid/test sets of eval_size."""
 
     def __init__(self, name, seq_len, batch_size, seed, test_seq_len=None, eval_size=1000):
         self.name, self.seq_len, self.batch_size, self.seed = name, seq_len, batch_size, seed
-        self.test_seq_len = test_seq_len or seq_len
-        self.eval_size = eval_size
-        self.make = copy_batch if name == "copy" else adding_batch
+        self.test_seq_len, self.eval_size = test_seq_len or seq_len, eval_size
+        T, T_test = seq_len, self.test_seq_len
         if name == "copy":
-            self.kind, self.n_in, self.n_out = "copy", 10, 9
+            self.make, self.kind, self.n_in, self.n_out = copy_batch, "copy", 10, 9
             self.description = (
-                f"copy (SAB layout): 10 digits from 1..8, T-1={seq_len - 1} blanks, marker 9, "
-                f"10 blanks; length T+20={seq_len + 20}; target: blanks then the digits; metric: "
-                f"accuracy and CE on the last 10 steps; test T={self.test_seq_len}")
+                f"copy (SAB layout): 10 digits from 1..8, T-1={T - 1} blanks, marker 9, 10 blanks;"
+                f" length T+20={T + 20}; target: blanks then the digits; metric: accuracy and CE "
+                f"on the last 10 steps; test T={T_test}")
         else:
-            self.kind, self.n_in, self.n_out = "regress", 2, 1
+            self.make, self.kind, self.n_in, self.n_out = adding_batch, "regress", 2, 1
             self.description = (
-                f"adding: T={seq_len}, 2 channels (U(0,1) values, marker), one marker in each half, "
+                f"adding: T={T}, 2 channels (U(0,1) values, marker), one marker in each half, "
                 f"target = sum of the marked values, metric MSE (predicting 1 gives about 0.167); "
-                f"test T={self.test_seq_len}")
+                f"test T={T_test}")
 
     def train_batch(self, step):
         return self.make(self.batch_size, self.seq_len, step_generator(self.seed, step))
 
     def eval_batches(self, split, limit=None):
-        """Yields (x, y) batches of a fixed set of `limit` (default eval_size) samples; the test
-        split uses `test_seq_len`."""
+        """(x, y) batches of a fixed set of `limit` (default eval_size) samples; the test split
+        is at test_seq_len."""
         T = self.test_seq_len if split == "test" else self.seq_len
         g = torch.Generator().manual_seed(COPY_EVAL_SEEDS[split] + T)
         n = limit or self.eval_size
@@ -135,17 +117,19 @@ class SyntheticTask:
 # Image classification as pixel sequences.
 
 def _torchvision_dataset(cls, root, train):
+    """torchvision's dataset, downloaded if missing; DataError naming the files otherwise."""
+    from torchvision.datasets.utils import check_integrity
     try:
         return cls(root=root, train=train, download=True)
     except Exception as e:  # network errors, corrupted archives, ...
-        files = ", ".join(name for name, _ in getattr(cls, "resources", [])) or cls.filename
         where = os.path.join(root, "MNIST", "raw") if cls.__name__ == "MNIST" else root
-        from torchvision.datasets.utils import check_integrity
-        for name, md5 in getattr(cls, "resources", []):
+        resources = getattr(cls, "resources", [])
+        for name, md5 in resources:
             path = os.path.join(where, name)
             if os.path.exists(path) and not check_integrity(path, md5):
                 raise DataError(f"{path} is corrupt (MD5 differs from the official file): "
                                 f"delete it, or put the official file there") from e
+        files = ", ".join(name for name, _ in resources) or cls.filename
         raise DataError(
             f"{cls.__name__} is missing from {os.path.abspath(root)} and could not be downloaded "
             f"({type(e).__name__}: {e}). Put the official files ({files}) into "
@@ -153,40 +137,46 @@ def _torchvision_dataset(cls, root, train):
 
 
 def _check_mnist(ds, root, train):
-    """Compares what torchvision loaded (its extracted copies) with the official .gz archives,
-    after their MD5 check: a changed pixel or label, or a corrupt archive, is a DataError that
-    names the file to delete."""
+    """Compares what torchvision loaded (its extracted copies) with the MD5-verified official
+    .gz archives: a changed pixel or label, or a corrupt archive, is a DataError naming the file
+    to delete."""
     from torchvision.datasets.utils import check_integrity
     raw = os.path.join(root, "MNIST", "raw")
-    for (name, md5), loaded in zip([r for r in ds.resources if r[0].startswith(
-            "train" if train else "t10k")], (ds.data, ds.targets)):
+    prefix = "train" if train else "t10k"
+    for (name, md5), loaded in zip([r for r in ds.resources if r[0].startswith(prefix)],
+                                   (ds.data, ds.targets)):
         archive = os.path.join(raw, name)
         if not check_integrity(archive, md5):
             raise DataError(f"{archive} is corrupt (MD5 differs from the official file): delete "
                             f"it and run again (it is downloaded), or put the official file there")
         with gzip.open(archive, "rb") as f:
             data = f.read()
-        dims = int.from_bytes(data[2:4], "big") & 0xFF  # IDX header: magic, then dims x uint32
+        dims = data[3]  # IDX header: 0, 0, type, dims, then dims x uint32 sizes
         shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
         official = torch.frombuffer(bytearray(data[4 + 4 * dims:]), dtype=torch.uint8)
         if list(loaded.shape) != shape or not torch.equal(loaded.reshape(-1).to(torch.uint8),
                                                           official):
-            extracted = os.path.join(raw, name[:-3])
-            raise DataError(f"{extracted} differs from its verified archive {name}: delete it "
-                            f"(it is extracted again)")
+            raise DataError(f"{os.path.join(raw, name[:-3])} differs from its verified archive "
+                            f"{name}: delete it (it is extracted again)")
 
 
 def holdout(n):
-    """Splits n training samples: (indices kept for training, the 5% held out for validation),
-    the same fixed split (seed SPLIT_SEED) in every script."""
+    """Splits n training samples into (indices kept for training, the 5% held out for
+    validation), the same fixed split (seed SPLIT_SEED) in every script."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_val = n // 20
-    return order[n_val:], order[:n_val]
+    return order[n // 20:], order[:n // 20]
+
+
+def image_splits(x_train, y_train, test):
+    """{"train", "valid", "test"}: (x, y) pairs of an image-like task (see `holdout`)."""
+    train, valid = holdout(len(x_train))
+    return {"train": (x_train[train], y_train[train]), "valid": (x_train[valid], y_train[valid]),
+            "test": test}
 
 
 class EpochShuffle:
-    """Training batches sampled without replacement; the order of an epoch depends on
-    (seed, epoch) only, so a resumed run sees the same batches. Made once per epoch."""
+    """Training batches drawn without replacement; an epoch's order depends on (seed, epoch)
+    only, so a resumed run sees the same batches."""
     _epoch = _order = None
 
     def _epoch_indices(self, n, step):
@@ -198,51 +188,38 @@ class EpochShuffle:
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
 
-def image_splits(x_train, y_train, test):
-    """{"train", "valid", "test"} (x, y) pairs of an image-like task (see `holdout`)."""
-    train, valid = holdout(len(x_train))
-    return {"train": (x_train[train], y_train[train]), "valid": (x_train[valid], y_train[valid]),
-            "test": test}
-
-
 class ImageTask(EpochShuffle):
     """mnist, pmnist (784 steps x 1 channel) and cifar10 (1024 steps x 3 RGB channels).
 
-    Pixels scaled to [0, 1]; `as_tokens=True` yields the raw 0..255 values as tokens instead
-    (for models with a pixel embedding). 5% of the training set is held out for validation with
-    the fixed seed SPLIT_SEED; the test split is the official test set.
-    """
+    Pixels scaled to [0, 1], or with as_tokens=True the raw values 0..255 as tokens (for a pixel
+    embedding). 5% of the training set is held out for validation (`holdout`); the test split is
+    the official test set. Raises DataError (see `_torchvision_dataset`)."""
 
     def __init__(self, name, batch_size, data_dir, seed, as_tokens=False):
-        import torchvision  # imported here so that synthetic tasks need no torchvision
+        import torchvision  # here, so that synthetic tasks need no torchvision
         self.name, self.batch_size, self.seed, self.as_tokens = name, batch_size, seed, as_tokens
-        self.kind = "classify"
+        self.kind, self.n_out, self.vocab = "classify", 10, 256 if as_tokens else None
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.MNIST
         train, test = (_torchvision_dataset(cls, data_dir, t) for t in (True, False))
-        if name != "cifar10":
-            _check_mnist(train, data_dir, True)
-            _check_mnist(test, data_dir, False)
         if name == "cifar10":  # (N, 32, 32, 3) uint8 numpy -> (N, 1024, 3), row-major scan
-            to_seq = lambda d: torch.as_tensor(d.data).reshape(len(d.data), 1024, 3)
             self.n_in, self.seq_len = 3, 1024
         else:                  # (N, 28, 28) uint8 -> (N, 784, 1)
-            to_seq = lambda d: d.data.reshape(len(d.data), 784, 1)
             self.n_in, self.seq_len = 1, 784
-        labels = lambda d: torch.as_tensor(d.targets, dtype=torch.long)
-        x_train, y_train, x_test, y_test = to_seq(train), labels(train), to_seq(test), labels(test)
+            _check_mnist(train, data_dir, True)
+            _check_mnist(test, data_dir, False)
+        xs = [torch.as_tensor(d.data).reshape(len(d.data), self.seq_len, self.n_in)
+              for d in (train, test)]
+        ys = [torch.as_tensor(d.targets, dtype=torch.long) for d in (train, test)]
         if name == "pmnist":
             perm = torch.randperm(784, generator=torch.Generator().manual_seed(PMNIST_SEED))
-            x_train, x_test = x_train[:, perm], x_test[:, perm]
-        self.data = image_splits(x_train, y_train, (x_test, y_test))
-        n_val = len(self.data["valid"][0])
-        self.n_out = 10
-        self.vocab = 256 if as_tokens else None
+            xs = [x[:, perm] for x in xs]
+        self.data = image_splits(xs[0], ys[0], (xs[1], ys[1]))
         self.description = (
             f"{name}: {self.seq_len} steps x {self.n_in} channel(s), pixels "
             f"{'as tokens 0..255' if as_tokens else 'scaled to [0,1]'}"
             + (f", fixed permutation seed {PMNIST_SEED}" if name == "pmnist" else "")
-            + f"; train {len(self.data['train'][0])} / valid {n_val} (5%, seed {SPLIT_SEED}) / "
-              f"test {len(x_test)}; metric accuracy")
+            + f"; train {len(self.data['train'][0])} / valid {len(self.data['valid'][0])} (5%, "
+              f"seed {SPLIT_SEED}) / test {len(xs[1])}; metric accuracy")
 
     def _batch(self, x, y):
         x = x.transpose(0, 1)  # (B, T, C) -> (T, B, C)
@@ -251,7 +228,6 @@ class ImageTask(EpochShuffle):
         return x.float() / 255.0, y
 
     def train_batch(self, step):
-        """Sampling without replacement; the epoch's order depends on (seed, epoch) only."""
         x, y = self.data["train"]
         idx = self._epoch_indices(len(x), step)
         return self._batch(x[idx], y[idx])
@@ -267,21 +243,20 @@ class ImageTask(EpochShuffle):
 # ----------------------------------------------------------------------------------------------
 # Character-level language modelling.
 
-# Each file: (name, md5, URLs tried in order). The first URL is a byte-identical copy of
-# Mikolov's simple-examples split at a fixed commit; the tarball is the original distribution.
+# Each PTB file: (name, md5). The raw URL is a byte-identical copy of Mikolov's simple-examples
+# split at a fixed commit; the tarball, tried second, is the original distribution.
 _PTB_TGZ = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
 _PTB_RAW = ("https://raw.githubusercontent.com/arthurdehgan/IFT6135_assignment_2/"
             "191820cabc95c8d8af11d0bf3679207dd3b97e08/data/")
-PTB_FILES = {
-    "train": ("ptb.char.train.txt", "874909f99060142f6b88cc74c34baaa2"),
-    "valid": ("ptb.char.valid.txt", "9e0fe5bec2a8bf43fd686dc23d5ab8bb"),
-    "test": ("ptb.char.test.txt", "1f9a2d1afe00f76e8bfbe09a65439681"),
-}
+PTB_FILES = {"train": ("ptb.char.train.txt", "874909f99060142f6b88cc74c34baaa2"),
+             "valid": ("ptb.char.valid.txt", "9e0fe5bec2a8bf43fd686dc23d5ab8bb"),
+             "test": ("ptb.char.test.txt", "1f9a2d1afe00f76e8bfbe09a65439681")}
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 TEXT8_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"  # of `text8`
 
 
 def checksum(path, algo):
+    """Hex digest of a file (hashlib algorithm name, e.g. "md5")."""
     h = hashlib.new(algo)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -290,14 +265,15 @@ def checksum(path, algo):
 
 
 def download(url, dest):
-    tmp = dest + ".part"
-    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+    """Downloads url to dest through dest.part, so that a broken download leaves no dest."""
+    with urllib.request.urlopen(url, timeout=60) as r, open(dest + ".part", "wb") as f:
         shutil.copyfileobj(r, f)
-    os.replace(tmp, dest)
+    os.replace(dest + ".part", dest)
 
 
 def verified(path, digest, algo="md5"):
-    """True if `path` exists with the right checksum; raises DataError if it exists corrupted."""
+    """True if `path` exists with the right checksum, False if it is missing; DataError if it
+    exists corrupted."""
     if not os.path.exists(path):
         return False
     if checksum(path, algo) != digest:
@@ -307,30 +283,28 @@ def verified(path, digest, algo="md5"):
 
 
 def ensure_ptb(data_dir):
-    """Returns {split: path} of the char-level PTB files, downloading them if missing.
-
-    Files live in `<data_dir>/ptb/`. Raises DataError if they cannot be had or fail their MD5.
-    """
+    """{split: path} of the char-level PTB files in `<data_dir>/ptb/`, downloaded if missing.
+    Raises DataError if they cannot be had or fail their MD5."""
     folder = os.path.join(data_dir, "ptb")
     os.makedirs(folder, exist_ok=True)
     paths = {s: os.path.join(folder, name) for s, (name, _) in PTB_FILES.items()}
-    errors = []
     for split, (name, md5) in PTB_FILES.items():
-        if verified(paths[split], md5):
-            continue
-        try:
-            download(_PTB_RAW + name, paths[split])
-        except OSError as e:
-            errors.append(f"{_PTB_RAW + name}: {e}")
-            try:  # the original tarball, which has moved before
-                tgz = os.path.join(folder, "simple-examples.tgz")
-                download(_PTB_TGZ, tgz)
-                with tarfile.open(tgz) as tar:
-                    member = tar.extractfile(f"./simple-examples/data/{name}")
-                    with open(paths[split], "wb") as f:
-                        shutil.copyfileobj(member, f)
-            except (OSError, KeyError, tarfile.TarError) as e2:
-                errors.append(f"{_PTB_TGZ}: {e2}")
+        errors = []
+        for url in (_PTB_RAW + name, _PTB_TGZ):
+            if verified(paths[split], md5):
+                break
+            try:
+                if url == _PTB_TGZ:  # the original tarball, which has moved before
+                    tgz = os.path.join(folder, "simple-examples.tgz")
+                    download(url, tgz)
+                    with tarfile.open(tgz) as tar:
+                        member = tar.extractfile(f"./simple-examples/data/{name}")
+                        with open(paths[split], "wb") as f:
+                            shutil.copyfileobj(member, f)
+                else:
+                    download(url, paths[split])
+            except (OSError, KeyError, tarfile.TarError) as e:
+                errors.append(f"{url}: {e}")
         if not os.path.exists(paths[split]):
             raise DataError(
                 f"char-level Penn Treebank file {name} is missing from {folder} and could not be "
@@ -341,17 +315,17 @@ def ensure_ptb(data_dir):
 
 
 def ensure_text8(data_dir):
-    """Returns the path of `<data_dir>/text8/text8` (100M characters), downloading it if missing."""
+    """The path of `<data_dir>/text8/text8` (100M characters), downloaded if missing; DataError
+    if it cannot be had or fails its SHA-256."""
     folder = os.path.join(data_dir, "text8")
     path = os.path.join(folder, "text8")
     if verified(path, TEXT8_SHA256, "sha256"):
         return path
     os.makedirs(folder, exist_ok=True)
-    zpath = path + ".zip"
     try:
-        if not os.path.exists(zpath):
-            download(TEXT8_URL, zpath)
-        with zipfile.ZipFile(zpath) as z:
+        if not os.path.exists(path + ".zip"):
+            download(TEXT8_URL, path + ".zip")
+        with zipfile.ZipFile(path + ".zip") as z:
             z.extract("text8", folder)
     except (OSError, zipfile.BadZipFile, KeyError) as e:
         raise DataError(f"text8 is missing from {folder} and could not be downloaded from "
@@ -361,20 +335,17 @@ def ensure_text8(data_dir):
 
 
 class CharLMTask:
-    """Character-level language modelling: ptb (Mikolov split) or text8 (90M/5M/5M).
+    """Character-level language modelling: ptb (Mikolov's split) or text8 (90M/5M/5M).
 
-    Each split is cut into B contiguous streams; batch i is the non-overlapping window
-    [i*T, (i+1)*T) of every stream, so hidden states may be carried from one batch to the next.
-    Metric: bits per character (BPC) = cross-entropy in nats / ln 2.
-    """
+    Each split is cut into B contiguous streams; batch i is the window [i*T, (i+1)*T) of every
+    stream, so a hidden state may be carried from one batch to the next. Metric: bits per
+    character (BPC) = cross-entropy in nats / ln 2. Raises DataError (see ensure_ptb)."""
 
-    def __init__(self, name, seq_len, batch_size, data_dir, eval_batch_size=None):
+    def __init__(self, name, seq_len, batch_size, data_dir):
         self.name, self.seq_len, self.batch_size, self.kind = name, seq_len, batch_size, "lm"
-        if name == "ptb":
-            paths = ensure_ptb(data_dir)
-            # The char files are space-separated characters; '_' marks word boundaries.
-            text = {s: open(p).read().split(" ") for s, p in paths.items()}
-            text = {s: [c for c in t if c] for s, t in text.items()}
+        if name == "ptb":  # space-separated characters; '_' marks word boundaries
+            text = {s: [c for c in open(p).read().split(" ") if c]
+                    for s, p in ensure_ptb(data_dir).items()}
         else:
             raw = open(ensure_text8(data_dir)).read()
             text = {"train": raw[:90_000_000], "valid": raw[90_000_000:95_000_000],
@@ -382,27 +353,22 @@ class CharLMTask:
         self.vocab_list = sorted(set(text["train"]))
         index = {c: i for i, c in enumerate(self.vocab_list)}
         self.n_in = self.n_out = self.vocab = len(self.vocab_list)
-        eval_b = eval_batch_size or batch_size
-        self.streams = {s: self._streams(torch.tensor([index[c] for c in t], dtype=torch.long),
-                                         batch_size if s == "train" else eval_b)
-                        for s, t in text.items()}
-        sizes = {s: len(t) for s, t in text.items()}
+        self.streams = {}
+        for s, t in text.items():  # (B, N): stream j is the j-th of B equal parts of the split
+            data = torch.tensor([index[c] for c in t], dtype=torch.long)
+            n = len(data) // batch_size
+            self.streams[s] = data[:n * batch_size].view(batch_size, n)
+        sizes = "/".join(str(len(text[s])) for s in ("train", "valid", "test"))
         self.description = (f"{name} (char level): vocab {self.vocab}, characters train/valid/test "
-                            f"{sizes['train']}/{sizes['valid']}/{sizes['test']}, {batch_size} "
-                            f"contiguous streams, windows of T={seq_len}; metric BPC")
-
-    @staticmethod
-    def _streams(data, b):
-        n = len(data) // b
-        return data[:n * b].view(b, n)  # (B, N): stream j is data[j*n:(j+1)*n]
+                            f"{sizes}, {batch_size} contiguous streams, windows of T={seq_len}; "
+                            f"metric BPC")
 
     def windows(self, split):
         """Number of windows of T steps in one pass over a split."""
         return (self.streams[split].shape[1] - 1) // self.seq_len
 
     def _window(self, split, i):
-        s, T = self.streams[split], self.seq_len
-        chunk = s[:, i * T:i * T + T + 1].t()  # (T+1, B)
+        chunk = self.streams[split][:, i * self.seq_len:(i + 1) * self.seq_len + 1].t()  # (T+1, B)
         return chunk[:-1], chunk[1:]
 
     def train_batch(self, step):
@@ -419,10 +385,8 @@ TASK_NAMES = ["copy", "adding", "mnist", "pmnist", "cifar10", "ptb", "text8"]
 
 def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test_seq_len=None,
               as_tokens=False, eval_size=1000):
-    """Builds a shared task by name (one of TASK_NAMES; indrnn.py and rlstm.py add their own).
-    Raises ValueError / DataError with a clear message.
-
-    `seq_len` is T of copy / adding / ptb / text8; images have fixed lengths."""
+    """A shared task by name (TASK_NAMES; indrnn.py and rlstm.py add their own). seq_len is T of
+    copy / adding / ptb / text8 (images have fixed lengths). Raises ValueError, DataError."""
     if name in ("copy", "adding"):
         return SyntheticTask(name, seq_len, batch_size, seed, test_seq_len, eval_size)
     if name in ("mnist", "pmnist", "cifar10"):
@@ -432,7 +396,6 @@ def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test
     raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
 
 
-# ----------------------------------------------------------------------------------------------
 # Losses and metrics, one definition for every script.
 
 def loss_and_stats(kind, out, y, stats=True):
@@ -633,61 +596,45 @@ def build(make, args):
 
 
 def setup(args):
-    """Threads, device, AMP and the seed for a run: returns (device, autocast dtype or None,
-    use GradScaler). SystemExit for a device or AMP mode this machine lacks."""
+    """Threads, device, AMP and the seed of a run: returns (device, autocast dtype or None, use
+    GradScaler). SystemExit for a device or an AMP mode this machine lacks."""
     torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    amp_dtype, use_scaler = amp_settings(args.amp, device)
-    torch.manual_seed(args.seed)
-    return device, amp_dtype, use_scaler
-
-
-def pick_device(name):
-    """torch.device for --device {auto,cpu,cuda}; SystemExit if cuda is asked for but absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def amp_settings(amp, device):
-    """(autocast dtype or None, use GradScaler). Raises SystemExit for fp16 on CPU."""
-    if amp == "off":
-        return None, False
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if args.device == "auto" else args.device)
+    amp = args.amp
     if amp == "fp16" and device.type == "cpu":
         raise SystemExit("error: --amp fp16 needs a CUDA device; on CPU use --amp bf16")
     if amp == "auto":
         amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+    torch.manual_seed(args.seed)
+    if amp == "off":
+        return device, None, False
+    return device, *((torch.bfloat16, False) if amp == "bf16" else (torch.float16, True))
 
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints and results.
 
 def save_checkpoint(path, state):
-    """Writes atomically: a killed run leaves either the old or the new file, never half of one."""
+    """torch.save, atomically: a killed run leaves either the old or the new file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
-def rng_state():
-    """The torch (and CUDA) RNG states, for a checkpoint."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state):
-    """Restores what rng_state() returned."""
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def write_results(path, record):
+    """Writes one run's JSON record atomically; returns the path."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def hardware(device):
-    """A short description of the machine: the GPU's name, or the CPU model and thread count."""
+    """The GPU's name, or the CPU model and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = platform.processor() or platform.machine()
@@ -701,13 +648,11 @@ def hardware(device):
 
 def git_commit():
     """HEAD of this repository, with "-dirty" if tracked files changed; "unknown" outside git."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    git = lambda *a: subprocess.run(["git", *a], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                    capture_output=True, text=True, check=True).stdout.strip()
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain",
+                                                           "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -719,58 +664,35 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def write_results(path, record):
-    """Writes one run's JSON record atomically and returns the path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)
-    return path
+def benchmark(step_fn, device, repeats=3):
+    """Times `step_fn()` (one forward+backward): (seconds per call, MiB). On CUDA the memory is
+    the peak allocated during the call; on CPU, the tensors autograd saves for backward (the
+    activation memory that grows with T), each storage counted once."""
+    step_fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    saved = {}
 
+    def pack(t):
+        try:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
 
-def format_table(records):
-    """Markdown table of finished runs: the paper's number next to ours, command, hardware, time."""
-    rows = ["| script | task | model | T | test T | metric | paper | ours | command | hardware | "
-            "wall time | steps |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    def order(r):
-        c = r["config"]
-        return (r["script"], c["task"], c["model"], c.get("seq_len") or 0,
-                c.get("test_seq_len") or c.get("seq_len") or 0)
-    for r in sorted(records, key=order):
-        c = r["config"]
-        metric = r["metric"]
-        ours = r["metrics"].get(metric)
-        ours = "n/a" if ours is None else f"{ours:.2f}" if metric.endswith("acc") else f"{ours:.4f}"
-        rows.append(
-            f"| {r['script']} | {c['task']} | {c['model']} | {c.get('seq_len')} | "
-            f"{c.get('test_seq_len') or c.get('seq_len')} | {metric} | {r['paper']} | {ours} | "
-            f"`{r['command']}` | {r['hardware']} | {r['wall_seconds'] / 60:.1f} min | "
-            f"{r.get('steps_done', '')} |")
-    return "\n".join(rows)
-
-
-def mean_std_range(values):
-    """(mean, sample std (0 for one value), min, max) of a list of numbers."""
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 \
-        else 0.0
-    return mean, std, min(values), max(values)
-
-
-def seeds_table(records):
-    """Markdown: one line per run of the same configuration (seed, threads, the test metric, steps,
-    training time, hardware), then the mean ± std and the range over all runs."""
-    rows = ["| seed | threads | test metric | value | best step | steps | training time | "
-            "hardware |", "|---|---|---|---|---|---|---|---|"]
-    order = sorted(records, key=lambda r: (r["config"].get("threads") or 0, r["config"]["seed"]))
-    for r in order:
-        rows.append(f"| {r['config']['seed']} | {r['config'].get('threads') or 'default'} | "
-                    f"{r['metric']} | {r['metrics'][r['metric']]:.2f} | {r.get('best_step', '')} | "
-                    f"{r['steps_done']} | {r['wall_seconds'] / 60:.1f} min | {r['hardware']} |")
-    mean, std, lo, hi = mean_std_range([r["metrics"][r["metric"]] for r in records])
-    rows.append(f"\n{len(records)} runs: **{mean:.2f} ± {std:.2f}** (mean ± std), range "
-                f"{lo:.2f} – {hi:.2f}.")
-    return "\n".join(rows)
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step_fn()
+    for _ in range(repeats - 1):
+        step_fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        mem = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        mem = sum(saved.values()) / 2**20
+    return (time.perf_counter() - start) / repeats, mem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -784,11 +706,11 @@ def seeds_table(records):
 #             run.log(evaluate(...))
 #     return run.finish(lambda split, limit: evaluate(...), paper=...)
 #
-# What a run guarantees: checkpoints are written atomically (a kill leaves the old file or the
-# new one); a checkpoint with non-finite weights or validation metric is never written; Ctrl-C or
-# SIGTERM writes a checkpoint of the current step and prints the command that resumes; a
-# checkpoint is also written every --checkpoint-minutes; a run name is locked while its run lives;
-# an existing run is never overwritten without --restart; --resume refuses changed flags.
+# What a run guarantees: checkpoints are written atomically; a checkpoint with non-finite weights
+# or validation metric is never written; Ctrl-C or SIGTERM writes a checkpoint of the current step
+# and prints the command that resumes; a checkpoint is also written every --checkpoint-minutes; a
+# run name is locked while its run lives; an existing run is never overwritten without --restart;
+# --resume refuses changed flags.
 
 # Flags that may differ on --resume: when and how long a run goes, where it reads and writes.
 # Every other flag shapes the model, the data or the optimizer and must match the checkpoint.
@@ -819,8 +741,7 @@ class Run:
         """(run name, ckpt folder, last checkpoint, best checkpoint) of a run."""
         name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
         folder = os.path.join(args.out_dir, "ckpt")
-        return name, folder, os.path.join(folder, name + ".pt"), os.path.join(folder,
-                                                                              name + "-best.pt")
+        return name, folder, *(os.path.join(folder, name + s) for s in (".pt", "-best.pt"))
 
     @staticmethod
     def preflight(script, args):
@@ -839,10 +760,10 @@ class Run:
                              f"first)")
         try:
             os.makedirs(folder, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(13, "Permission denied")
         except OSError as e:
             raise SystemExit(f"error: --out-dir {args.out_dir} is not writable ({e.strerror})")
-        if not os.access(folder, os.W_OK):
-            raise SystemExit(f"error: --out-dir {args.out_dir} is not writable")
 
     def __init__(self, script, args, task, model, state, device, argv=None, extra=None,
                  meta=None):
@@ -854,7 +775,7 @@ class Run:
         self.step, self.best, self.history, self.elapsed = 0, None, [], 0.0
         self.saved_step = None      # the step of the last checkpoint on disk (None: none yet)
         self.interrupted = None     # the signal's name once SIGINT / SIGTERM arrived
-        self._handlers = {}
+        self._handlers, self.lock_path = {}, None
         Run.preflight(script, args)  # again: the files may have changed since main() called it
         self._lock(folder)
         if args.restart:
@@ -936,17 +857,8 @@ class Run:
         self._check_finite()
         self._write_last()
 
-    def _write_last(self):
-        self.elapsed = time.time() - self.t_start
-        self._save(self.last_path, dict(
-            model=self.model.state_dict(), rng=rng_state(), step=self.step, best=self.best,
-            history=self.history, elapsed=self.elapsed, config=vars(self.args), extra=self.extra,
-            **{k: v.state_dict() for k, v in self.state.items()}, **self.meta))
-        self.saved_step, self.last_save = self.step, time.time()
-
     def finish(self, evaluate, paper, **fields):
         """Tests the model of the best validation checkpoint and writes the results record.
-
         evaluate(split, limit) -> metrics dict. Returns the record (also written as JSON)."""
         self.bar.close()
         ck = self._read(self.best_path)
@@ -956,7 +868,6 @@ class Run:
         test_seconds = time.time() - t_test
         val = evaluate("valid", self.args.eval_size)
         args = self.args
-        test_T = args.test_seq_len or args.seq_len
         record = dict(
             script=self.script, config=vars(args), task=self.task.description,
             metric=self.metric.replace("valid", "test"), paper=paper, metrics={**test, **val},
@@ -965,6 +876,7 @@ class Run:
             peak_memory_mb=peak_memory_mb(self.device), device=str(self.device),
             hardware=hardware(self.device), torch=torch.__version__, git_commit=git_commit(),
             command=" ".join(["python", self.script] + self.argv), **fields)
+        test_T = args.test_seq_len or args.seq_len
         suffix = f"-test{test_T}" if test_T != args.seq_len else ""
         path = write_results(os.path.join(args.out_dir, self.name + suffix + ".json"), record)
         print(f"== test at best validation step {ck['step']}: "
@@ -980,7 +892,7 @@ class Run:
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers = {}
-        if getattr(self, "lock_path", None) and os.path.exists(self.lock_path):
+        if self.lock_path and os.path.exists(self.lock_path):
             os.remove(self.lock_path)
         self.lock_path = None
 
@@ -1012,6 +924,16 @@ class Run:
         if not all(torch.isfinite(p).all() for p in self.model.state_dict().values()
                    if p.is_floating_point()):
             self._diverged(f"non-finite weights at step {self.step}")
+
+    def _write_last(self):
+        self.elapsed = time.time() - self.t_start
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        self._save(self.last_path, dict(
+            model=self.model.state_dict(), rng=rng, step=self.step, best=self.best,
+            history=self.history, elapsed=self.elapsed, config=vars(self.args), extra=self.extra,
+            **{k: v.state_dict() for k, v in self.state.items()}, **self.meta))
+        self.saved_step, self.last_save = self.step, time.time()
 
     def _save(self, path, state):
         try:
@@ -1052,36 +974,36 @@ class Run:
         except (KeyError, RuntimeError, ValueError) as e:
             self._fail(f"{self.last_path} does not fit this model ({str(e).splitlines()[0]}); "
                        f"delete it or use --restart")
-        set_rng_state(ck["rng"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         self.step, self.best, self.history = ck["step"], ck["best"], ck["history"]
         self.elapsed, self.extra = ck["elapsed"], ck.get("extra", {})
         self.saved_step = self.step
 
     def _lock(self, folder):
         """Takes ckpt/<name>.lock (the owner's pid); a lock whose process is gone is stale."""
-        self.lock_path = os.path.join(folder, self.name + ".lock")
+        path = os.path.join(folder, self.name + ".lock")
         for _ in range(2):
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    with open(self.lock_path) as f:
+                    with open(path) as f:
                         pid = int(f.read().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
                 if pid and pid != os.getpid() and _alive(pid):
-                    self.lock_path = None
                     raise SystemExit(f"error: run {self.name} is already running (pid {pid}, "
-                                     f"lock {os.path.join(folder, self.name + '.lock')}); wait "
-                                     f"for it or use another --tag")
-                os.remove(self.lock_path)  # stale: its process is gone
+                                     f"lock {path}); wait for it or use another --tag")
+                os.remove(path)  # stale: its process is gone
                 continue
             except OSError as e:
-                self.lock_path = None
                 raise SystemExit(f"error: --out-dir {self.args.out_dir} is not writable "
                                  f"({e.strerror})")
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
+            self.lock_path = path
             atexit.register(self.close)
             return
 
@@ -1096,50 +1018,57 @@ def _alive(pid):
     return True
 
 
-def benchmark(step_fn, device, repeats=3):
-    """Times `step_fn()` (one forward+backward) and measures its memory.
-
-    Returns (seconds per call, memory MiB). On CUDA the memory is the peak allocated during the
-    call; on CPU it is the size of the tensors autograd saves for backward (the activation
-    memory that grows with T), counted once per storage.
-    """
-    step_fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    saved = {}
-
-    def pack(t):
-        try:
-            s = t.untyped_storage()
-            saved[s.data_ptr()] = s.nbytes()
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-
-    start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step_fn()
-    for _ in range(repeats - 1):
-        step_fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        mem = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        mem = sum(saved.values()) / 2**20
-    return (time.perf_counter() - start) / repeats, mem
-
-
 # ----------------------------------------------------------------------------------------------
-# The papers' headline tables. Each script defines its tables' rows once, in its TABLES (label,
-# the run's flags, the paper's number); run_all.sh runs them (`python tasks.py runs`) and
-# `python tasks.py table results/` fills them. run_all.sh tags every run
-# `<row tag>[-quick|-est|-cpu]-s<seed>`; a results record fills the row with the same script,
-# task, model and row tag, seeds are averaged, and each scale gets its own line. Transfer rows
-# also match the ratio test T / training T (--quick trains copy at T/10 and tests at T'/10).
+# Results tables. Each script defines its paper's table rows once, in its TABLES (label, the run's
+# flags, the paper's number); run_all.sh runs them (`python tasks.py runs`) and `python tasks.py
+# table results/` fills them. run_all.sh tags every run `<row tag>[-quick|-est|-cpu]-s<seed>`; a
+# results record fills the row with the same script, task, model and row tag (transfer rows also
+# the ratio test T / training T), seeds are averaged, and each scale gets its own line.
 
 SCRIPTS = ("sab.py", "indrnn.py", "rlstm.py")
+_TAG_SUFFIX = re.compile(r"(-quick|-est|-cpu)?(-s\d+)?$")
+
+
+def mean_std_range(values):
+    """(mean, sample std (0 for one value), min, max) of a list of numbers."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var), min(values), max(values)
+
+
+def format_table(records):
+    """Markdown, one line per finished run: the paper's number next to ours, command, hardware,
+    time."""
+    rows = ["| script | task | model | T | test T | metric | paper | ours | command | hardware | "
+            "wall time | steps |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    T = lambda c: c.get("seq_len") or 0
+    for r in sorted(records, key=lambda r: (r["script"], r["config"]["task"], r["config"]["model"],
+                                            T(r["config"]), r["config"].get("test_seq_len") or
+                                            T(r["config"]))):
+        c, metric = r["config"], r["metric"]
+        ours = r["metrics"].get(metric)
+        ours = "n/a" if ours is None else f"{ours:.2f}" if metric.endswith("acc") else f"{ours:.4f}"
+        rows.append(
+            f"| {r['script']} | {c['task']} | {c['model']} | {c.get('seq_len')} | "
+            f"{c.get('test_seq_len') or c.get('seq_len')} | {metric} | {r['paper']} | {ours} | "
+            f"`{r['command']}` | {r['hardware']} | {r['wall_seconds'] / 60:.1f} min | "
+            f"{r.get('steps_done', '')} |")
+    return "\n".join(rows)
+
+
+def seeds_table(records):
+    """Markdown: one line per run of one configuration (seed, threads, test metric, steps,
+    training time, hardware), then the mean ± std and the range over all runs."""
+    rows = ["| seed | threads | test metric | value | best step | steps | training time | "
+            "hardware |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["config"].get("threads") or 0, r["config"]["seed"])):
+        rows.append(f"| {r['config']['seed']} | {r['config'].get('threads') or 'default'} | "
+                    f"{r['metric']} | {r['metrics'][r['metric']]:.2f} | {r.get('best_step', '')} | "
+                    f"{r['steps_done']} | {r['wall_seconds'] / 60:.1f} min | {r['hardware']} |")
+    mean, std, lo, hi = mean_std_range([r["metrics"][r["metric"]] for r in records])
+    rows.append(f"\n{len(records)} runs: **{mean:.2f} ± {std:.2f}** (mean ± std), range "
+                f"{lo:.2f} – {hi:.2f}.")
+    return "\n".join(rows)
 
 
 def row(label, task, model, tag, args="", quick="", seeds=1, ckpt=False, paper="UNCONFIRMED",
@@ -1153,14 +1082,11 @@ def row(label, task, model, tag, args="", quick="", seeds=1, ckpt=False, paper="
 
 
 def paper_table_defs():
-    """{table name: (title, rows)} from the TABLES of the three scripts, in run_all.sh's order;
-    each row also gets its `script`."""
+    """{table name: (title, rows)} from the three scripts' TABLES, in run_all.sh's order; each
+    row also gets its `script`."""
     import importlib  # the scripts import this module: import them only when asked
-    tables = {}
-    for script in SCRIPTS:
-        for name, (title, rows) in importlib.import_module(script[:-3]).TABLES.items():
-            tables[name] = (title, [dict(r, script=script) for r in rows])
-    return tables
+    return {name: (title, [dict(r, script=script) for r in rows]) for script in SCRIPTS
+            for name, (title, rows) in importlib.import_module(script[:-3]).TABLES.items()}
 
 
 def print_runs():
@@ -1171,31 +1097,27 @@ def print_runs():
                             "ckpt" if r["ckpt"] else "", r["args"], r["quick"]]))
 
 
-_TAG_SUFFIX = re.compile(r"(-quick|-est|-cpu)?(-s\d+)?$")  # run_all.sh: <row>[-quick|-est|-cpu]-s<seed>
-
-
 def row_tag(tag):
     """The row part of a run tag: `T100-quick-s2` -> `T100`, `T100-est-s0` -> `T100`."""
     return _TAG_SUFFIX.sub("", tag or "")
 
 
-def _tag_mode(record):
+def _mode(record):
     """The run_all.sh mode in a run's tag: "-quick", "-est", "-cpu" or None."""
     return _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1)
 
 
-def _scale(record):
-    """How a run was made: "quick" (--quick), "cpu" (run_all.sh --cpu: paper settings on CPU
-    under a time budget) or "paper"."""
-    if record["config"].get("quick"):
-        return "quick"
-    return "cpu" if _tag_mode(record) == "-cpu" else "paper"
-
-
 def is_estimate(record):
     """True for a timing run of `run_all.sh --estimate` (tag `<row>-est-s<seed>`): its metrics
-    come from a few minutes of training and never enter the results tables."""
-    return _tag_mode(record) == "-est"
+    come from minutes of training and never enter the results tables."""
+    return _mode(record) == "-est"
+
+
+def _scale(record):
+    """"quick" (--quick), "cpu" (run_all.sh --cpu: paper settings on CPU under a time budget)
+    or "paper"."""
+    return "quick" if record["config"].get("quick") else "cpu" if _mode(record) == "-cpu" \
+        else "paper"
 
 
 def _matches(record, row):
@@ -1208,9 +1130,8 @@ def _matches(record, row):
 
 def failed_runs(folder):
     """{run name: its error} for every log in `<folder>/logs` without a results file beside it:
-    the last `error: ...` line of the log, up to its first " (" (the details stay in the log)."""
-    logs = os.path.join(folder, "logs")
-    failures = {}
+    the log's last `error: ...` line, up to its first " (" (the details stay in the log)."""
+    logs, failures = os.path.join(folder, "logs"), {}
     for f in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
         name = f[:-len(".log")]
         if not f.endswith(".log") or os.path.exists(os.path.join(folder, name + ".json")):
@@ -1225,16 +1146,38 @@ def _failure(row, failures):
     """The error of a failed run of `row` (not a transfer row) among `failures`, or None."""
     if row["test_ratio"]:
         return None
-    pattern = (rf"{re.escape(row['script'][:-3])}-{re.escape(row['task'])}-"
-               rf"{re.escape(row['model'])}-{re.escape(row['tag'])}(-quick|-cpu)?-s\d+")
+    pattern = "-".join(re.escape(s) for s in (row["script"][:-3], row["task"], row["model"],
+                                              row["tag"])) + r"(-quick|-cpu)?-s\d+"
     return next((m for n, m in failures.items() if re.fullmatch(pattern, n)), None)
 
 
+def _cell(row, group):
+    """One line of a paper table: the runs of `row` at one scale."""
+    values = [r["metrics"][row["metric"]] for r in group]
+    d = 2 if row["metric"].endswith("acc") else 4
+    mean, std, lo, hi = mean_std_range(values)
+    ours = f"{mean:.{d}f}" + (f" ± {std:.{d}f} (range {lo:.{d}f} – {hi:.{d}f})"
+                              if len(values) > 1 else "")
+    kind = _scale(group[0])
+    lengths = "/".join(sorted({str(r["config"].get("seq_len")) for r in group}))
+    budgets = "/".join(sorted({f"{r['config']['time_budget']:g}" for r in group
+                               if r["config"].get("time_budget")}))
+    scale = {"quick": f"CPU-scale (--quick, T={lengths})", "paper": "paper settings",
+             "cpu": "paper settings on CPU" + (f", {budgets} min of 1 thread" if budgets else "")
+             }[kind]
+    test_sizes = sorted({r["config"].get("test_size") or 0 for r in group})
+    if test_sizes != [0]:  # --test-size: not the whole test set
+        scale += f", test on first {'/'.join(str(n or 'all') for n in test_sizes)}"
+    wall = sum(r["wall_seconds"] for r in group) / len(group) / 60
+    return (f"| {row['label']} | {row['paper']} | {ours} | {len(group)} | {scale} | "
+            f"{', '.join(sorted({r['hardware'] for r in group}))} | {wall:.1f} min |")
+
+
 def paper_tables(records, failures=None):
-    """Markdown: one table per entry of PAPER_TABLES, one line per row and scale (paper settings
-    or CPU-scale --quick), the paper's number beside ours (mean ± std over seeds), the number of
-    seeds, device and mean wall time; rows without a result say so, with the error of their
-    failed run if `failures` ({run name: error}, see failed_runs) has one."""
+    """Markdown: one table per paper table, one line per row and scale (paper settings, paper
+    settings on CPU, or --quick), the paper's number beside ours (mean ± std over seeds), seeds,
+    device and mean wall time; a row without a result says so, with the error of its failed run
+    if `failures` ({run name: error}, see failed_runs) has one."""
     records = [r for r in records if not is_estimate(r)]
     out = []
     for name, (title, rows) in paper_table_defs().items():
@@ -1247,39 +1190,16 @@ def paper_tables(records, failures=None):
                 error = _failure(row, failures or {})
                 status = f"no result yet: the run failed ({error})" if error else "no result yet"
                 out.append(f"| {row['label']} | {row['paper']} | {status} | 0 | | | |")
-                continue
             for kind in sorted({_scale(r) for r in runs}):
-                group = [r for r in runs if _scale(r) == kind]
-                values = [r["metrics"][row["metric"]] for r in group]
-                digits = 2 if row["metric"].endswith("acc") else 4
-                mean, std, lo, hi = mean_std_range(values)
-                ours = f"{mean:.{digits}f}"
-                if len(values) > 1:
-                    ours += f" ± {std:.{digits}f} (range {lo:.{digits}f} – {hi:.{digits}f})"
-                wall = sum(r["wall_seconds"] for r in group) / len(group) / 60
-                lengths = sorted({str(r["config"].get("seq_len")) for r in group})
-                budgets = "/".join(sorted({f"{r['config']['time_budget']:g}" for r in group
-                                           if r["config"].get("time_budget")}))
-                scale = {"quick": f"CPU-scale (--quick, T={'/'.join(lengths)})",
-                         "cpu": "paper settings on CPU" + (f", {budgets} min of 1 thread"
-                                                           if budgets else ""),
-                         "paper": "paper settings"}[kind]
-                test_sizes = sorted({r["config"].get("test_size") or 0 for r in group})
-                if test_sizes != [0]:  # --test-size: not the whole test set
-                    scale += f", test on first {'/'.join(str(n or 'all') for n in test_sizes)}"
-                out.append(f"| {row['label']} | {row['paper']} | {ours} | {len(group)} | {scale} | "
-                           f"{', '.join(sorted({r['hardware'] for r in group}))} | "
-                           f"{wall:.1f} min |")
+                out.append(_cell(row, [r for r in runs if _scale(r) == kind]))
         out.append("")
     return "\n".join(out)
 
 
 def time_estimates(records):
     """Markdown: the hours each paper table takes at the papers' settings (one seed) on the device
-    of the `run_all.sh --estimate` runs among `records`, or "" if there are none.
-
-    Each timing run trains for a short time budget; its hours = wall_seconds / steps_done x the
-    configured number of steps, summed over the table's rows. Evaluation time is not counted."""
+    of the `run_all.sh --estimate` runs among `records`, or "" if there are none. A timing run's
+    hours = wall_seconds / steps_done x its configured steps (evaluation not counted)."""
     est = [r for r in records if is_estimate(r)]
     if not est:
         return ""
@@ -1290,11 +1210,9 @@ def time_estimates(records):
            "| table | rows timed | estimated hours | longest row | device |",
            "|---|---|---|---|---|"]
     for name, (title, rows) in paper_table_defs().items():
-        hours = {}
-        for row in rows:
-            for r in (r for r in est if _matches(r, row)):
-                hours[row["label"]] = (r["wall_seconds"] / max(r["steps_done"], 1)
-                                       * r["config"]["steps"] / 3600, r["hardware"])
+        hours = {row["label"]: (r["wall_seconds"] / max(r["steps_done"], 1) * r["config"]["steps"]
+                                / 3600, r["hardware"])
+                 for row in rows for r in est if _matches(r, row)}
         if all(row["test_ratio"] for row in rows):
             out.append(f"| {name} | evaluation only | | | |")
         elif not hours:
@@ -1325,12 +1243,10 @@ def _main():
         folder = args.files[0]
         records = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
                    if f.endswith(".json")]
-        path = os.path.join(folder, "TABLES.md")
-        with open(path, "w") as f:
+        with open(os.path.join(folder, "TABLES.md"), "w") as f:
             f.write(f"# Headline tables ({len(records)} runs)\n\n"
-                    + paper_tables(records, failed_runs(folder))
-                    + time_estimates(records))
-        print(f"wrote {path}")
+                    + paper_tables(records, failed_runs(folder)) + time_estimates(records))
+        print(f"wrote {os.path.join(folder, 'TABLES.md')}")
         return
     records = [json.load(open(f)) for f in sorted(args.files)]
     print(seeds_table(records) if args.what == "seeds" else format_table(records))
