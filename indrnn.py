@@ -19,9 +19,11 @@ each docstring names the helpers to copy with it. Shapes are time-major: x (T, B
 Sections of this file: the model (torch alone), the NTU RGB+D data (the one task only this script
 uses; the others come from tasks.py), the papers' configurations, training and the command line.
 """
+import ctypes
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 
@@ -1070,6 +1072,16 @@ def main(argv=None):
                       paper=PAPER.get((key, args.model), "UNCONFIRMED"))
 
 
+def _sigterm_with_parent():
+    """In the side-by-side child: Linux sends it SIGTERM when this process dies, even by
+    kill -9 (prctl PR_SET_PDEATHSIG), so it checkpoints and stops instead of running on alone.
+    Elsewhere a no-op: a Ctrl-C or SIGTERM of the parent still stops it (cli's except)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def cli(argv=None):
     """`python indrnn.py ...`. `--task adding --quick` without --model trains IndRNN and the LSTM
     baseline side by side, one CPU thread each (the recurrence is too small to gain from more),
@@ -1084,7 +1096,8 @@ def cli(argv=None):
     print(f"== --quick: IndRNN here, the LSTM baseline in parallel (its log: {log})")
     with open(log, "w") as f:
         lstm = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
-                                 "--model", "lstm", "--threads", "1"], stdout=f, stderr=f)
+                                 "--model", "lstm", "--threads", "1"], stdout=f, stderr=f,
+                                preexec_fn=_sigterm_with_parent)
         try:
             records = [main(argv + ["--model", "indrnn", "--threads", "1"])]
         except BaseException:  # Ctrl-C, SIGTERM, an error: stop the side-by-side run too

@@ -605,8 +605,13 @@ def load_stanford_dogs(data_dir, side):
     import torchvision  # here, so that the other tasks need no torchvision
     folder = os.path.join(data_dir, "stanford_dogs")
     cache = os.path.join(folder, f"cache_{side}.pt")
-    if os.path.exists(cache):
-        return torch.load(cache)
+    if os.path.exists(cache):  # checked like a fresh decode: a stale or foreign cache is an error
+        try:
+            out = torch.load(cache)
+        except Exception as e:  # truncated, empty or not a torch file
+            raise tasks.DataError(f"{cache} cannot be read ({type(e).__name__}): delete it (it "
+                                  f"is rebuilt from the images)") from e
+        return _check_dogs(out, side, f"{cache} (delete it: it is rebuilt from the images)")
     os.makedirs(folder, exist_ok=True)
     errors = []
     for archive, marker in (("lists.tar", "train_list.mat"), ("images.tar", "Images")):
@@ -642,11 +647,22 @@ def load_stanford_dogs(data_dir, side):
                                 align_corners=False)[0]
             images.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
                           .reshape(side * side, 3))
-        y = torch.tensor(labels, dtype=torch.long) - 1
+        out[split] = (torch.stack(images), torch.tensor(labels, dtype=torch.long) - 1)
+    torch.save(_check_dogs(out, side, "the lists (replace them with those of lists.tar)"), cache)
+    return out
+
+
+def _check_dogs(out, side, where):
+    """`out` if it is {split: (uint8 (N, side*side, 3), labels (N,) in 0..119)} with the official
+    split sizes; else a DataError that names `where`."""
+    for split, n in DOGS_SPLIT_SIZES.items():
+        x, y = out.get(split, (None, None)) if isinstance(out, dict) else (None, None)
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
+                and x.dtype == torch.uint8 and x.shape == (n, side * side, 3) and y.shape == (n,)):
+            raise tasks.DataError(f"StanfordDogs {split}: not {n} images of {side}x{side} RGB "
+                                  f"with a label each in {where}")
         if y.min() < 0 or y.max() > 119:
-            raise tasks.DataError(f"{split}_list.mat has labels outside 1..120")
-        out[split] = (torch.stack(images), y)
-    torch.save(out, cache)
+            raise tasks.DataError(f"StanfordDogs {split}: labels outside 1..120 in {where}")
     return out
 
 

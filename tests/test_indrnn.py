@@ -1,14 +1,19 @@
 """indrnn.py: the recurrence Function, independence, the constraint, shapes, learning, NTU, CLI."""
 import inspect
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import indrnn
 import tasks
-from conftest import run_script, saved_weights
+from conftest import ROOT, run_script, saved_weights
 
 
 def _random_inputs(T=12, B=3, H=5, seed=0):
@@ -275,6 +280,34 @@ def test_quick_adding_runs_indrnn_and_lstm_side_by_side(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| indrnn.py | adding | indrnn | 20 |" in table
     assert "| indrnn.py | adding | lstm | 20 |" in table
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_side_by_side_run_stops_as_a_whole(tmp_path, sig):
+    """SIGTERM of `--task adding --quick` stops both runs, each with a checkpoint; kill -9 of it
+    cannot be caught, but its LSTM child then gets SIGTERM (Linux) and stops the same way."""
+    cmd = [sys.executable, os.path.join(ROOT, "indrnn.py"), "--task", "adding", "--quick",
+           "--seq-len", "20", "--hidden-size", "8", "--steps", "1000000", "--eval-every", "100000",
+           "--eval-size", "20", "--out-dir", str(tmp_path)]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    locks = [tmp_path / "ckpt" / f"indrnn-adding-{m}-T20-quick.lock" for m in ("indrnn", "lstm")]
+    deadline = time.time() + 60
+    while not all(lock.exists() and lock.read_text() for lock in locks):
+        assert time.time() < deadline and parent.poll() is None, "the two runs did not start"
+        time.sleep(0.2)
+    child = int(locks[1].read_text())
+    time.sleep(1)
+    parent.send_signal(sig)
+    parent.wait(timeout=60)
+    deadline = time.time() + 60
+    while os.path.exists(f"/proc/{child}") and open(f"/proc/{child}/stat").read().split()[2] != "Z":
+        assert time.time() < deadline, "the LSTM run kept running after its parent stopped"
+        time.sleep(0.2)
+    assert (tmp_path / "ckpt" / "indrnn-adding-lstm-T20-quick.pt").exists()
+    if sig == signal.SIGTERM:
+        assert parent.returncode == 130
+        assert (tmp_path / "ckpt" / "indrnn-adding-indrnn-T20-quick.pt").exists()
 
 
 # What each model class needs besides the four standard imports (its docstring lists the same).

@@ -581,7 +581,19 @@ def test_stanford_dogs_parser_on_an_official_layout_fixture(tmp_path, monkeypatc
     assert len(task.data["train"][0]) + len(task.data["valid"][0]) == 6
     x, y = task.train_batch(0)
     assert x.shape == (64, 2, 3) and x.dtype == torch.long and task.n_out == 120
-    assert (data_dir / "stanford_dogs" / "cache_8.pt").exists()
+    cache = data_dir / "stanford_dogs" / "cache_8.pt"
+    assert torch.equal(rlstm.load_stanford_dogs(str(data_dir), 8)["test"][0], x_test)  # cached
+    good = torch.load(cache)
+    torch.save({"train": good["train"], "test": (good["test"][0], good["test"][1] + 118)}, cache)
+    with pytest.raises(tasks.DataError, match=r"test: labels outside 1..120 in .*cache_8.pt"):
+        rlstm.load_stanford_dogs(str(data_dir), 8)                     # a tampered cache
+    torch.save({"train": good["train"], "test": (good["test"][0][:, :16], good["test"][1])}, cache)
+    with pytest.raises(tasks.DataError, match="not 3 images of 8x8 RGB"):
+        rlstm.load_stanford_dogs(str(data_dir), 8)                     # another side's cache
+    cache.write_bytes(b"truncated")
+    with pytest.raises(tasks.DataError, match="cannot be read .* delete it"):
+        rlstm.load_stanford_dogs(str(data_dir), 8)
+    cache.unlink()
     monkeypatch.setattr(rlstm, "DOGS_SPLIT_SIZES", {"train": 12_000, "test": 8_580})
     with pytest.raises(tasks.DataError, match="the official split has 12000"):
         rlstm.load_stanford_dogs(str(data_dir), 4)
