@@ -1072,14 +1072,18 @@ def main(argv=None):
                       paper=PAPER.get((key, args.model), "UNCONFIRMED"))
 
 
-def _sigterm_with_parent():
-    """In the side-by-side child: Linux sends it SIGTERM when this process dies, even by
-    kill -9 (prctl PR_SET_PDEATHSIG), so it checkpoints and stops instead of running on alone.
+def _sigterm_with_parent(parent):
+    """preexec_fn of the side-by-side child: Linux sends it SIGTERM when `parent` dies, even
+    by kill -9 (prctl PR_SET_PDEATHSIG), so it checkpoints and stops instead of running on alone.
     Elsewhere a no-op: a Ctrl-C or SIGTERM of the parent still stops it (cli's except)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    def arm():
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(1)
+    return arm
 
 
 def cli(argv=None):
@@ -1097,7 +1101,7 @@ def cli(argv=None):
     with open(log, "w") as f:
         lstm = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
                                  "--model", "lstm", "--threads", "1"], stdout=f, stderr=f,
-                                preexec_fn=_sigterm_with_parent)
+                                preexec_fn=_sigterm_with_parent(os.getpid()))
         try:
             records = [main(argv + ["--model", "indrnn", "--threads", "1"])]
         except BaseException:  # Ctrl-C, SIGTERM, an error: stop the side-by-side run too

@@ -634,6 +634,9 @@ def load_stanford_dogs(data_dir, side):
             raise tasks.DataError(f"{split}_list.mat lists {len(files)} images, the official split "
                                   f"has {DOGS_SPLIT_SIZES[split]}: replace it with the file from "
                                   f"lists.tar")
+        y = torch.tensor(labels, dtype=torch.long) - 1
+        if y.min() < 0 or y.max() > 119:  # before minutes of decoding
+            raise tasks.DataError(f"{split}_list.mat has labels outside 1..120")
         images = []
         for name in files:
             with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders
@@ -647,8 +650,9 @@ def load_stanford_dogs(data_dir, side):
                                 align_corners=False)[0]
             images.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
                           .reshape(side * side, 3))
-        out[split] = (torch.stack(images), torch.tensor(labels, dtype=torch.long) - 1)
-    torch.save(_check_dogs(out, side, "the lists (replace them with those of lists.tar)"), cache)
+        out[split] = (torch.stack(images), y)
+    tasks.save_checkpoint(cache, _check_dogs(out, side, "the lists (replace them with those of "
+                                                         "lists.tar)"))  # atomic: never half a file
     return out
 
 
@@ -656,9 +660,11 @@ def _check_dogs(out, side, where):
     """`out` if it is {split: (uint8 (N, side*side, 3), labels (N,) in 0..119)} with the official
     split sizes; else a DataError that names `where`."""
     for split, n in DOGS_SPLIT_SIZES.items():
-        x, y = out.get(split, (None, None)) if isinstance(out, dict) else (None, None)
+        pair = out.get(split) if isinstance(out, dict) else None
+        x, y = pair if isinstance(pair, (tuple, list)) and len(pair) == 2 else (None, None)
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
-                and x.dtype == torch.uint8 and x.shape == (n, side * side, 3) and y.shape == (n,)):
+                and x.dtype == torch.uint8 and x.shape == (n, side * side, 3)
+                and y.dtype == torch.long and y.shape == (n,)):
             raise tasks.DataError(f"StanfordDogs {split}: not {n} images of {side}x{side} RGB "
                                   f"with a label each in {where}")
         if y.min() < 0 or y.max() > 119:

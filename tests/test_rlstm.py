@@ -590,6 +590,9 @@ def test_stanford_dogs_parser_on_an_official_layout_fixture(tmp_path, monkeypatc
     torch.save({"train": good["train"], "test": (good["test"][0][:, :16], good["test"][1])}, cache)
     with pytest.raises(tasks.DataError, match="not 3 images of 8x8 RGB"):
         rlstm.load_stanford_dogs(str(data_dir), 8)                     # another side's cache
+    torch.save({"train": good["train"], "test": good["test"][0]}, cache)
+    with pytest.raises(tasks.DataError, match="not 3 images of 8x8 RGB"):
+        rlstm.load_stanford_dogs(str(data_dir), 8)                     # no (x, y) pair
     cache.write_bytes(b"truncated")
     with pytest.raises(tasks.DataError, match="cannot be read .* delete it"):
         rlstm.load_stanford_dogs(str(data_dir), 8)
