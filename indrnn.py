@@ -1118,4 +1118,4 @@ def cli(argv=None):
 
 
 if __name__ == "__main__":
-    cli()
+    tasks.run_main(cli)

@@ -1067,4 +1067,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    tasks.run_main(main)

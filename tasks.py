@@ -129,6 +129,12 @@ def _torchvision_dataset(cls, root, train):
             if os.path.exists(path) and not check_integrity(path, md5):
                 raise DataError(f"{path} is corrupt (MD5 differs from the official file): "
                                 f"delete it, or put the official file there") from e
+            extracted = path[:-3] if path.endswith(".gz") else None
+            if extracted and os.path.exists(path) and os.path.exists(extracted):
+                with gzip.open(path, "rb") as f, open(extracted, "rb") as g:
+                    if f.read() != g.read():  # e.g. truncated: torchvision cannot read it
+                        raise DataError(f"{extracted} differs from its verified archive {name}: "
+                                        f"delete it (it is extracted again)") from e
         files = ", ".join(name for name, _ in resources) or cls.filename
         raise DataError(
             f"{cls.__name__} is missing from {os.path.abspath(root)} and could not be downloaded "
@@ -581,18 +587,37 @@ def check_args(p, args):
             p.error(f"{flag} {path} is a file, not a folder")
 
 
+def _out_of_memory(e):
+    """'(Type: first line)' of an allocation failure, or None for any other error."""
+    text = str(e)
+    if isinstance(e, MemoryError) or "allocat" in text or "out of memory" in text:
+        return f"({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})"
+    return None
+
+
 def build(make, args):
     """make() -> the model, on its device. A size too large to allocate is a one-line error that
     names the size flags instead of an allocator traceback."""
     try:
         return make()
     except (RuntimeError, MemoryError) as e:
-        text = str(e)
-        if not isinstance(e, MemoryError) and "allocat" not in text and "out of memory" not in text:
+        if not _out_of_memory(e):
             raise
         raise SystemExit(f"error: the model does not fit in memory with --hidden-size "
                          f"{args.hidden_size} --layers {args.layers} --batch-size {args.batch_size}"
-                         f" ({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})")
+                         f" {_out_of_memory(e)}")
+
+
+def run_main(main):
+    """Calls a script's main(); an allocation failure later on (a batch, an evaluation) is a
+    one-line error naming the size flags. The checkpoints on disk are kept (see Run)."""
+    try:
+        return main()
+    except (RuntimeError, MemoryError) as e:
+        if not _out_of_memory(e):
+            raise
+        raise SystemExit(f"error: out of memory {_out_of_memory(e)}: lower --batch-size, "
+                         f"--eval-size or --hidden-size (the checkpoints on disk are kept)")
 
 
 def setup(args):
@@ -714,10 +739,11 @@ def benchmark(step_fn, device, repeats=3):
 
 # Flags that may differ on --resume: when and how long a run goes, where it reads and writes.
 # Every other flag shapes the model, the data or the optimizer and must match the checkpoint.
-# (ss_steps: rlstm.py's scheduled-sampling ramp, which defaults to --steps)
+# (ss_steps: rlstm.py's scheduled-sampling ramp, which defaults to --steps; unconfirmed: its list
+# of the flags left at an UNCONFIRMED default, derived from the others, --steps included)
 RESUMABLE_FLAGS = {"steps", "ss_steps", "time_budget", "eval_every", "test_size", "test_seq_len",
                    "resume", "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
-                   "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark"}
+                   "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark", "unconfirmed"}
 
 
 class Run:
@@ -878,10 +904,17 @@ class Run:
             command=" ".join(["python", self.script] + self.argv), **fields)
         test_T = args.test_seq_len or args.seq_len
         suffix = f"-test{test_T}" if test_T != args.seq_len else ""
-        path = write_results(os.path.join(args.out_dir, self.name + suffix + ".json"), record)
         print(f"== test at best validation step {ck['step']}: "
               + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {paper}"
               + f" | test {test_seconds:.0f} s, peak memory {record['peak_memory_mb']:.0f} MiB")
+        path = os.path.join(args.out_dir, self.name + suffix + ".json")
+        try:
+            write_results(path, record)
+        except OSError as e:  # a full disk: the checkpoints are kept, --eval-only writes it later
+            if os.path.exists(path + ".tmp"):
+                os.remove(path + ".tmp")
+            self._fail(f"could not write {path} ({e.strerror}); the test above is this run's; "
+                       f"once there is space, the same command with --eval-only writes it")
         print(f"== wrote {path}")
         self.close()
         return record
@@ -972,8 +1005,9 @@ class Run:
             for k, v in self.state.items():
                 v.load_state_dict(ck[k])
         except (KeyError, RuntimeError, ValueError) as e:
-            self._fail(f"{self.last_path} does not fit this model ({str(e).splitlines()[0]}); "
-                       f"delete it or use --restart")
+            lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [repr(e)]
+            self._fail(f"{self.last_path} does not fit this model ({lines[min(1, len(lines) - 1)]}"
+                       f"); delete it or use --restart")  # line 2: the first mismatch
         torch.set_rng_state(ck["rng"]["torch"])
         if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])

@@ -3,6 +3,8 @@ divergence, a full disk or a second run of the same name (tasks.Run, the shared 
 
 Every script trains a tiny synthetic task here, a few seconds of CPU per run."""
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +167,25 @@ def test_a_broken_checkpoint_gives_a_one_line_error(script, tmp_path, content):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_a_foreign_or_mismatched_checkpoint_gives_a_one_line_error(script, tmp_path):
+    MAIN[script](_argv(script, tmp_path, "--steps", "5"))
+    last = _name(script, tmp_path)
+    best = last[:-3] + "-best.pt"
+    good = _ck(last)
+    torch.save({"weights": torch.zeros(3)}, last)  # a torch file, but not a checkpoint
+    with pytest.raises(SystemExit, match="is not a checkpoint of .*delete it or use --restart"):
+        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume"))
+    torch.save(dict(good, model={k: v[:1] for k, v in good["model"].items()}), last)
+    with pytest.raises(SystemExit, match="does not fit this model \\(size mismatch for "):
+        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume"))
+    torch.save(good, last)
+    with open(best, "wb") as f:
+        f.write(b"")
+    with pytest.raises(SystemExit, match="cannot read checkpoint .*-best.pt"):
+        MAIN[script](_argv(script, tmp_path, "--eval-only"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_an_unwritable_out_dir_is_found_before_training(script, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -195,14 +216,52 @@ def test_sigint_checkpoints_the_current_step_and_resume_is_bit_identical(script,
 
 
 @pytest.mark.parametrize("script", SUBPROCESS_SCRIPTS)
+def test_the_timer_and_sigterm_write_checkpoints_between_evaluations(script, tmp_path):
+    """No evaluation ever comes (--eval-every 10^6), so a checkpoint on disk was written by the
+    --checkpoint-minutes timer (first run) or by the SIGTERM handler (second run)."""
+    def spawn(out, minutes):
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *TINY[script],
+                                 "--out-dir", str(out), "--steps", "1000000", "--eval-every",
+                                 "1000000", "--checkpoint-minutes", minutes],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def files(out):
+        return os.listdir(out / "ckpt") if (out / "ckpt").exists() else []
+
+    proc, out = spawn(tmp_path / "timer", "0.001"), tmp_path / "timer"  # every 0.06 s
+    deadline = time.time() + 60
+    while not any(f.endswith(".pt") for f in files(out)):
+        assert time.time() < deadline and proc.poll() is None, "no timed checkpoint"
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    assert _ck(_name(script, out))["step"] > 0 and not any(f.endswith("-best.pt")
+                                                          for f in files(out))
+    proc, out = spawn(tmp_path / "signal", "1000"), tmp_path / "signal"
+    deadline = time.time() + 60
+    while not any(f.endswith(".lock") for f in files(out)):  # the run started
+        assert time.time() < deadline and proc.poll() is None, "the run did not start"
+        time.sleep(0.05)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    step = int(re.search(r"SIGTERM: checkpoint of step (\d+) written", err).group(1))
+    assert step > 0 and _ck(_name(script, out))["step"] == step
+    assert not any(f.endswith("-best.pt") or f.endswith(".lock") for f in files(out))
+
+
+@pytest.mark.parametrize("script", SUBPROCESS_SCRIPTS)
 def test_kill_9_loses_at_most_the_checkpoint_interval_and_resume_is_bit_identical(script,
                                                                                    tmp_path):
     full = MAIN[script](_argv(script, tmp_path / "full", "--steps", "60", "--eval-every", "30"))
     out = tmp_path / "cut"
     proc = _spawn_until_checkpoint(script, out)
-    time.sleep(0.2)  # somewhere in the middle, maybe inside a checkpoint write
+    time.sleep(random.Random().uniform(0, 0.5))  # a random moment, maybe inside a write
     proc.kill()
     proc.communicate()
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("the run finished before the kill (machine too fast)")
     if not any(f.endswith(".pt") and not f.endswith("-best.pt")
                for f in os.listdir(out / "ckpt")):
         pytest.skip("killed before the first checkpoint")
@@ -236,6 +295,10 @@ def test_resume_of_a_carried_state_run_is_bit_identical(tmp_path, ptb_data_dir):
     ("sab.py", ["--lr", "1e39"], "argument --lr: must be a number in (0, 1e+06], got 1e39"),
     ("sab.py", ["--task", "adding", "--seq-len", "1"], "--seq-len 1: adding needs T >= 2"),
     ("indrnn.py", ["--task", "adding", "--seq-len", "1"], "--seq-len 1: adding needs T >= 2"),
+    ("sab.py", ["--task", "adding", "--test-seq-len", "1"], "--test-seq-len 1: adding needs T"),
+    ("indrnn.py", ["--task", "adding", "--test-seq-len", "1"], "--test-seq-len 1: adding needs"),
+    ("indrnn.py", ["--task", "adding", "--bn", "frame", "--test-seq-len", "50"],
+     "--test-seq-len: frame-wise batch norm (--bn frame)"),
     ("sab.py", ["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file"),
     ("rlstm.py", ["--task", "stanford_dogs", "--seq-len", "1000"], "needs a square"),
 ])
@@ -268,6 +331,21 @@ def test_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path / "ckpt"))
 
 
+def test_a_full_disk_at_the_results_file_keeps_the_run_and_eval_only_writes_it(tmp_path,
+                                                                              monkeypatch):
+    def full_disk(path, record):
+        with open(path + ".tmp", "w") as f:
+            f.write("partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tasks, "write_results", full_disk)
+    with pytest.raises(SystemExit, match="No space left on device.*--eval-only writes it"):
+        sab.main(_argv("sab.py", tmp_path, "--steps", "5"))
+    monkeypatch.undo()
+    assert not [f for f in os.listdir(tmp_path) if f.endswith((".json", ".tmp"))]
+    record = sab.main(_argv("sab.py", tmp_path, "--steps", "5", "--eval-only"))
+    assert record["best_step"] == 5 and (tmp_path / "sab-copy-sab-T4.json").exists()
+
+
 def test_a_model_too_large_to_allocate_is_a_one_line_error(tmp_path):
     # 1e9 hidden units: SAB's first weight alone would need 160 GB, refused by the allocator
     argv = ["--task", "copy", "--hidden-size", str(10**9), "--out-dir", str(tmp_path)]
@@ -275,3 +353,13 @@ def test_a_model_too_large_to_allocate_is_a_one_line_error(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "error: the model does not fit in memory with --hidden-size 1000000000" in r.stderr
+
+
+@pytest.mark.parametrize("script", SUBPROCESS_SCRIPTS)
+def test_a_batch_too_large_to_allocate_is_a_one_line_error(script, tmp_path):
+    # the model fits; the first batch of 2^31 - 1 sequences does not
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script), *TINY[script], "--batch-size",
+                        str(2**31 - 1), "--out-dir", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "error: out of memory" in r.stderr and "lower --batch-size" in r.stderr, r.stderr

@@ -325,7 +325,7 @@ def test_every_table_label_names_the_settings_its_flags_give(name):
                 assert c["bptt"] == (0 if "Full BP" in label else 300), (label, c["bptt"])
 
 
-def test_a_changed_extracted_mnist_file_is_a_one_line_error(mnist_dir, tmp_path):
+def test_a_changed_extracted_mnist_file_is_a_one_line_error(mnist_dir, tmp_path, monkeypatch):
     folder = tmp_path / "MNIST"
     shutil.copytree(os.path.join(mnist_dir, "MNIST"), folder)
     tasks.make_task("mnist", data_dir=str(tmp_path))  # extracted and checked: fine
@@ -338,8 +338,25 @@ def test_a_changed_extracted_mnist_file_is_a_one_line_error(mnist_dir, tmp_path)
         tasks.make_task("mnist", data_dir=str(tmp_path))
     labels.unlink()  # as the message says: extracted again, and fine
     tasks.make_task("mnist", data_dir=str(tmp_path))
+    images = folder / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-784])  # truncated: torchvision cannot read it
+    with pytest.raises(tasks.DataError, match="t10k-images-idx3-ubyte differs from its verified "
+                                              "archive .*: delete it"):
+        tasks.make_task("mnist", data_dir=str(tmp_path))
+    images.unlink()
+    tasks.make_task("mnist", data_dir=str(tmp_path))
     archive = folder / "raw" / "train-images-idx3-ubyte.gz"
     archive.write_bytes(archive.read_bytes()[:-10])
+    with pytest.raises(tasks.DataError, match="train-images-idx3-ubyte.gz is corrupt"):
+        tasks.make_task("mnist", data_dir=str(tmp_path))
+    for f in (folder / "raw").iterdir():  # a corrupt archive and nothing extracted, offline
+        if not f.name.endswith(".gz"):
+            f.unlink()
+    import torchvision
+
+    def offline(self):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
     with pytest.raises(tasks.DataError, match="train-images-idx3-ubyte.gz is corrupt"):
         tasks.make_task("mnist", data_dir=str(tmp_path))
 
