@@ -300,6 +300,9 @@ def test_resume_of_a_carried_state_run_is_bit_identical(tmp_path, ptb_data_dir):
     ("indrnn.py", ["--task", "adding", "--bn", "frame", "--test-seq-len", "50"],
      "--test-seq-len: frame-wise batch norm (--bn frame)"),
     ("sab.py", ["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file"),
+    ("indrnn.py", ["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file"),
+    ("rlstm.py", ["--data-dir", "/etc/hostname"], "--data-dir /etc/hostname is a file"),
+    ("rlstm.py", ["--pretrain-epochs", "inf"], "argument --pretrain-epochs: must be a number"),
     ("rlstm.py", ["--task", "stanford_dogs", "--seq-len", "1000"], "needs a square"),
 ])
 def test_flags_without_effect_or_out_of_range_are_refused_in_one_line(script, args, message,
