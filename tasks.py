@@ -587,37 +587,33 @@ def check_args(p, args):
             p.error(f"{flag} {path} is a file, not a folder")
 
 
-def _out_of_memory(e):
-    """'(Type: first line)' of an allocation failure, or None for any other error."""
-    text = str(e)
-    if isinstance(e, MemoryError) or "allocat" in text or "out of memory" in text:
-        return f"({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})"
-    return None
+def _allocating(fn, message):
+    """fn(); an allocation failure (MemoryError, or an allocator's RuntimeError) becomes
+    SystemExit with the one line `error: <message(detail)>`; any other error passes through."""
+    try:
+        return fn()
+    except (RuntimeError, MemoryError) as e:
+        text = str(e)
+        if not (isinstance(e, MemoryError) or "allocat" in text or "out of memory" in text):
+            raise
+        raise SystemExit("error: " + message(
+            f"({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})"))
 
 
 def build(make, args):
     """make() -> the model, on its device. A size too large to allocate is a one-line error that
     names the size flags instead of an allocator traceback."""
-    try:
-        return make()
-    except (RuntimeError, MemoryError) as e:
-        if not _out_of_memory(e):
-            raise
-        raise SystemExit(f"error: the model does not fit in memory with --hidden-size "
-                         f"{args.hidden_size} --layers {args.layers} --batch-size {args.batch_size}"
-                         f" {_out_of_memory(e)}")
+    return _allocating(make, lambda detail: (
+        f"the model does not fit in memory with --hidden-size {args.hidden_size} --layers "
+        f"{args.layers} --batch-size {args.batch_size} {detail}"))
 
 
 def run_main(main):
     """Calls a script's main(); an allocation failure later on (a batch, an evaluation) is a
     one-line error naming the size flags. The checkpoints on disk are kept (see Run)."""
-    try:
-        return main()
-    except (RuntimeError, MemoryError) as e:
-        if not _out_of_memory(e):
-            raise
-        raise SystemExit(f"error: out of memory {_out_of_memory(e)}: lower --batch-size, "
-                         f"--eval-size or --hidden-size (the checkpoints on disk are kept)")
+    return _allocating(main, lambda detail: (
+        f"out of memory {detail}: lower --batch-size, --eval-size or --hidden-size (the "
+        f"checkpoints on disk are kept)"))
 
 
 def setup(args):
