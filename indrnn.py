@@ -929,8 +929,8 @@ def build_model(args, task):
 
 
 def make_optimizer(model, args):
-    """Adam; weight decay on weight matrices only, never on u, biases or batch norm (the authors'
-    rule: all of these are the 1-D parameters)."""
+    """Adam; weight decay on weight matrices only, never on u, biases or batch norm (all the 1-D
+    parameters; the authors' code decays batch-norm scales too: docs/indrnn.md, Deviations)."""
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     return torch.optim.Adam([dict(params=decay, weight_decay=args.weight_decay),
