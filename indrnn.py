@@ -913,8 +913,9 @@ def parse_args(argv=None):
     if args.test_seq_len and args.bn == "frame" and args.test_seq_len != args.seq_len:
         p.error("--test-seq-len: frame-wise batch norm (--bn frame) has statistics for the "
                 "training T only")
-    args.tag = args.tag or (f"T{args.seq_len}" + (f"-{args.ntu_protocol}" if args.task == "ntu"
-                                                    else "") + ("-quick" if args.quick else ""))
+    args.tag = args.tag or tasks.default_tag(
+        f"T{args.seq_len}" + (f"-{args.ntu_protocol}" if args.task == "ntu" else "")
+        + ("-quick" if args.quick else ""), args, parse_args, argv)
     return args
 
 
@@ -1100,10 +1101,11 @@ def cli(argv=None):
     print(f"== --quick: IndRNN here, the LSTM baseline in parallel (its log: {log})")
     with open(log, "w") as f:
         lstm = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
-                                 "--model", "lstm", "--threads", "1"], stdout=f, stderr=f,
+                                 "--model", "lstm", "--threads", "1", "--tag", args.tag],
+                                stdout=f, stderr=f,
                                 preexec_fn=_sigterm_with_parent(os.getpid()))
         try:
-            records = [main(argv + ["--model", "indrnn", "--threads", "1"])]
+            records = [main(argv + ["--model", "indrnn", "--threads", "1", "--tag", args.tag])]
         except BaseException:  # Ctrl-C, SIGTERM, an error: stop the side-by-side run too
             lstm.terminate()   # (it writes its checkpoint and prints how to resume)
             raise

@@ -938,7 +938,9 @@ def parse_args(argv=None):
     if args.task == "stanford_dogs" and math.isqrt(args.seq_len) ** 2 != args.seq_len:
         p.error(f"--seq-len {args.seq_len}: stanford_dogs needs a square (side^2: 1024, 4096, "
                 f"16384)")
-    args.tag = args.tag or f"T{args.seq_len}-{trunc}" + ("-quick" if args.quick else "")
+    args.tag = args.tag or tasks.default_tag(f"T{args.seq_len}-{trunc}"
+                                             + ("-quick" if args.quick else ""), args,
+                                             parse_args, argv)
     return args
 
 

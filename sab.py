@@ -488,7 +488,8 @@ def parse_args(argv=None):
     if args.test_seq_len and args.task not in ("copy", "adding"):
         p.error(f"--test-seq-len: only copy and adding can be tested at another T, not "
                 f"{args.task}")
-    args.tag = args.tag or f"T{args.seq_len}" + ("-quick" if args.quick else "")
+    args.tag = args.tag or tasks.default_tag(f"T{args.seq_len}" + ("-quick" if args.quick else ""),
+                                             args, parse_args, argv)
     return args
 
 

@@ -12,8 +12,10 @@ ptb, text8), (B,) labels for classification, (B,) floats for regression (adding)
 """
 import argparse
 import atexit
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
@@ -557,7 +559,8 @@ def common_parser(description, tasks, models, epilog=None):
     a("--data-dir", default="./data", help="datasets are read (and downloaded) here")
     a("--out-dir", default="./results",
       help="results JSON here, checkpoints in its ckpt/ folder")
-    a("--tag", help="name suffix of the result and checkpoint files (default: T<seq-len>[-quick])")
+    a("--tag", help="name suffix of the result and checkpoint files (default: T<seq-len>"
+                    "[-quick][-s<seed>][-<hash of the other flags that differ from the preset>])")
     a("--resume", action="store_true", help="continue from the last checkpoint of this run name")
     a("--restart", action="store_true",
       help="delete this run name's checkpoints and start over (without it an existing run is "
@@ -740,6 +743,31 @@ def benchmark(step_fn, device, repeats=3):
 RESUMABLE_FLAGS = {"steps", "ss_steps", "time_budget", "eval_every", "test_size", "test_seq_len",
                    "resume", "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
                    "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark", "unconfirmed"}
+
+
+def default_tag(base, args, parse_args, argv=None):
+    """The tag of a run name when --tag is not given: `base` (for example T<seq_len>[-quick]),
+    then -s<seed> for a seed other than 0 and -<6 hex digits>, a hash of the flags that shape the
+    computation (all but RESUMABLE_FLAGS) and differ from the preset the same --task, --model,
+    --quick and --seq-len give. So two configurations never share a run name, and the preset's
+    own runs keep short names. parse_args: the script's; argv: its command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    preset = ["--task", args.task, "--model", args.model, "--tag", "preset"]
+    preset += ["--quick"] if args.quick else []
+    if any(a == "--seq-len" or a.startswith("--seq-len=") for a in argv):
+        preset += ["--seq-len", str(args.seq_len)]
+    try:  # quietly: a --seq-len may not fit the preset's other defaults (argparse would print)
+        with contextlib.redirect_stderr(io.StringIO()):
+            defaults = vars(parse_args(preset))
+    except SystemExit:
+        defaults = {}  # then every flag counts: the hash names the whole configuration
+    changed = {k: v for k, v in vars(args).items()
+               if k not in RESUMABLE_FLAGS | {"tag", "seed"} and defaults.get(k) != v}
+    tag = base + (f"-s{args.seed}" if args.seed else "")
+    if changed:
+        digest = hashlib.sha1(json.dumps(changed, sort_keys=True, default=str).encode())
+        tag += "-" + digest.hexdigest()[:6]
+    return tag
 
 
 class Run:

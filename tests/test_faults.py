@@ -144,10 +144,17 @@ def test_a_second_run_of_the_same_name_is_refused_and_a_stale_lock_is_taken(scri
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_resume_refuses_changed_model_flags_and_accepts_more_steps(script, tmp_path):
     MAIN[script](_argv(script, tmp_path, "--steps", "5"))
-    with pytest.raises(SystemExit, match=r"--lr 0.5 \(checkpoint: "):
+    # without --tag, other model flags are another run name: nothing of this run to resume
+    with pytest.raises(SystemExit, match="no checkpoint .* to resume from"):
         MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume", "--lr", "0.5"))
+    # with one --tag for both, --resume compares the flags
+    MAIN[script](_argv(script, tmp_path, "--steps", "5", "--tag", "mine"))
+    with pytest.raises(SystemExit, match=r"--lr 0.5 \(checkpoint: "):
+        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume", "--lr", "0.5",
+                           "--tag", "mine"))
     with pytest.raises(SystemExit, match=r"--batch-size 4 \(checkpoint: 8\)"):
-        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume", "--batch-size", "4"))
+        MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume", "--batch-size", "4",
+                           "--tag", "mine"))
     rec = MAIN[script](_argv(script, tmp_path, "--steps", "10", "--resume"))
     assert rec["steps_done"] == 10 and rec["config"]["steps"] == 10
 
@@ -346,7 +353,8 @@ def test_a_full_disk_at_the_results_file_keeps_the_run_and_eval_only_writes_it(t
     monkeypatch.undo()
     assert not [f for f in os.listdir(tmp_path) if f.endswith((".json", ".tmp"))]
     record = sab.main(_argv("sab.py", tmp_path, "--steps", "5", "--eval-only"))
-    assert record["best_step"] == 5 and (tmp_path / "sab-copy-sab-T4.json").exists()
+    assert record["best_step"] == 5
+    assert (tmp_path / f"sab-copy-sab-{record['config']['tag']}.json").exists()
 
 
 def test_a_model_too_large_to_allocate_is_a_one_line_error(tmp_path):

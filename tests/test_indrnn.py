@@ -148,7 +148,8 @@ def test_short_adding_run_learns(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     common = ["--task", "adding", "--seq-len", "12", "--eval-every", "3", "--eval-size", "50",
-              "--bn", "time", "--dropout", "0.2", "--layers", "3", "--model", "res-indrnn"]
+              "--bn", "time", "--dropout", "0.2", "--layers", "3", "--model", "res-indrnn",
+              "--tag", "T12"]
     straight = _run(tmp_path / "a", *common, "--steps", "6")
     _run(tmp_path / "b", *common, "--steps", "3")
     resumed = _run(tmp_path / "b", *common, "--steps", "6", "--resume")
@@ -289,7 +290,7 @@ def test_the_side_by_side_run_stops_as_a_whole(tmp_path, sig):
     cannot be caught, but its LSTM child then gets SIGTERM (Linux) and stops the same way."""
     cmd = [sys.executable, os.path.join(ROOT, "indrnn.py"), "--task", "adding", "--quick",
            "--seq-len", "20", "--hidden-size", "8", "--steps", "1000000", "--eval-every", "100000",
-           "--eval-size", "20", "--out-dir", str(tmp_path)]
+           "--eval-size", "20", "--out-dir", str(tmp_path), "--tag", "T20-quick"]
     parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     locks = [tmp_path / "ckpt" / f"indrnn-adding-{m}-T20-quick.lock" for m in ("indrnn", "lstm")]
     deadline = time.time() + 60

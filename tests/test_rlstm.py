@@ -395,14 +395,15 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path, 
     resumed = _run(tmp_path / "b", *extra, "--resume")
     assert [h["step"] for h in resumed["history"]] == [5, 10, 15, 20]
     assert resumed["metrics"] == full["metrics"]
-    name = "rlstm-dbpedia-rlstm-T24-trunc8-aux5.pt"
+    name = f"rlstm-dbpedia-rlstm-{full['config']['tag']}.pt"
+    assert full["config"]["tag"].startswith("T24-trunc8-aux5-")  # + the hash of the other flags
     a, b = (saved_weights(tmp_path / run / "ckpt" / name) for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_results_file_has_the_promised_fields(tiny, tmp_path):
     rec = _run(tmp_path, "--steps", "5")
-    saved = json.loads((tmp_path / "rlstm-dbpedia-rlstm-T24-trunc8-aux5.json").read_text())
+    saved = json.loads((tmp_path / f"rlstm-dbpedia-rlstm-{rec['config']['tag']}.json").read_text())
     for key in ("config", "metrics", "wall_seconds", "peak_memory_mb", "device", "torch",
                 "git_commit", "task", "paper", "hardware", "command", "unconfirmed_defaults"):
         assert key in saved

@@ -1,6 +1,7 @@
 """sab.py: the sparsifier, gradient flow, equivalences, checkpoints, learning and the CLI."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -115,7 +116,8 @@ def test_shape_error_is_clear():
 
 def _run(tmp_path, *extra):
     args = ["--task", "copy", "--seq-len", "4", "--hidden-size", "16", "--k-top", "2",
-            "--k-trunc", "3", "--out-dir", str(tmp_path), "--eval-every", "5", *extra]
+            "--k-trunc", "3", "--out-dir", str(tmp_path), "--eval-every", "5", "--tag", "T4",
+            *extra]
     return sab.main(args)
 
 
@@ -392,3 +394,14 @@ def test_a_forward_and_backward_leave_no_memory_bank_alive():
         model(torch.randn(20, 2, 3))[0].sum().backward()
     gc.collect()
     assert not [o for o in gc.get_objects() if type(o) is sab.MemoryBank]
+
+
+def test_the_default_run_name_tells_configurations_apart():
+    tag = lambda argv: sab.parse_args(argv.split()).tag
+    assert tag("--task copy --quick") == "T10-quick" and tag("--task copy") == "T100"
+    assert tag("--task copy --seq-len 200") == "T200"              # T is in the name already
+    assert tag("--task copy --quick --steps 10 --threads 2") == "T10-quick"  # how long, where
+    assert tag("--task copy --quick --seed 3") == "T10-quick-s3"
+    lr, clip = tag("--task copy --quick --lr 2e-2"), tag("--task copy --quick --clip 1")
+    assert re.fullmatch(r"T10-quick-[0-9a-f]{6}", lr) and lr != clip
+    assert lr == tag("--task copy --quick --lr 0.02") and tag("--task copy --tag x") == "x"
