@@ -467,7 +467,7 @@ def parse_args(argv=None):
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     tasks.check_args(p, args)
-    if args.model == "tbptt":
+    if args.model in ("tbptt", "lstm"):  # no attention: plain LSTM, truncated or full BPTT
         args.k_top = 0
     if args.model in ("lstm", "attn"):
         args.k_trunc = 0

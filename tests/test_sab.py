@@ -405,3 +405,12 @@ def test_the_default_run_name_tells_configurations_apart():
     lr, clip = tag("--task copy --quick --lr 2e-2"), tag("--task copy --quick --clip 1")
     assert re.fullmatch(r"T10-quick-[0-9a-f]{6}", lr) and lr != clip
     assert lr == tag("--task copy --quick --lr 0.02") and tag("--task copy --tag x") == "x"
+
+
+def test_the_baselines_are_what_their_names_say():
+    # lstm: no attention and full BPTT (it once kept k_top 5: SAB with full BPTT)
+    tiny = sab.tasks.make_task("copy", 10, 4)
+    for model, k_top, k_trunc, attends in (("lstm", 0, 0, False), ("tbptt", 0, 5, False),
+                                           ("attn", 5, 0, True), ("sab", 5, 5, True)):
+        net = sab.build_model(sab.parse_args(["--task", "copy", "--model", model]), tiny).rnn
+        assert (net.k_top, net.k_trunc, net.attends) == (k_top, k_trunc, attends), model
