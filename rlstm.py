@@ -651,14 +651,13 @@ def load_stanford_dogs(data_dir, side):
             images.append(img.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
                           .reshape(side * side, 3))
         out[split] = (torch.stack(images), y)
-    tasks.save_checkpoint(cache, _check_dogs(out, side, "the lists (replace them with those of "
-                                                         "lists.tar)"))  # atomic: never half a file
+    tasks.save_checkpoint(cache, out)  # atomic: never half a file; checked above, by construction
     return out
 
 
 def _check_dogs(out, side, where):
-    """`out` if it is {split: (uint8 (N, side*side, 3), labels (N,) in 0..119)} with the official
-    split sizes; else a DataError that names `where`."""
+    """`out` (a loaded cache) if it is {split: (uint8 (N, side*side, 3), labels (N,) in 0..119)}
+    with the official split sizes; else a DataError that names `where`."""
     for split, n in DOGS_SPLIT_SIZES.items():
         pair = out.get(split) if isinstance(out, dict) else None
         x, y = pair if isinstance(pair, (tuple, list)) and len(pair) == 2 else (None, None)

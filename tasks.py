@@ -131,12 +131,8 @@ def _torchvision_dataset(cls, root, train):
             if os.path.exists(path) and not check_integrity(path, md5):
                 raise DataError(f"{path} is corrupt (MD5 differs from the official file): "
                                 f"delete it, or put the official file there") from e
-            extracted = path[:-3] if path.endswith(".gz") else None
-            if extracted and os.path.exists(path) and os.path.exists(extracted):
-                with gzip.open(path, "rb") as f, open(extracted, "rb") as g:
-                    if f.read() != g.read():  # e.g. truncated: torchvision cannot read it
-                        raise DataError(f"{extracted} differs from its verified archive {name}: "
-                                        f"delete it (it is extracted again)") from e
+            if path.endswith(".gz") and os.path.exists(path) and os.path.exists(path[:-3]):
+                _check_extracted(path)  # e.g. a truncated copy that torchvision cannot read
         files = ", ".join(name for name, _ in resources) or cls.filename
         raise DataError(
             f"{cls.__name__} is missing from {os.path.abspath(root)} and could not be downloaded "
@@ -144,28 +140,26 @@ def _torchvision_dataset(cls, root, train):
             f"{os.path.abspath(where)}, or run once with network access.") from e
 
 
+def _check_extracted(archive):
+    """DataError naming the file to delete if the copy torchvision extracted from `archive` (a
+    verified .gz) differs from it: a changed pixel or label, or a truncated file."""
+    with gzip.open(archive, "rb") as f, open(archive[:-3], "rb") as g:
+        if f.read() != g.read():
+            raise DataError(f"{archive[:-3]} differs from its verified archive "
+                            f"{os.path.basename(archive)}: delete it (it is extracted again)")
+
+
 def _check_mnist(ds, root, train):
-    """Compares what torchvision loaded (its extracted copies) with the MD5-verified official
-    .gz archives: a changed pixel or label, or a corrupt archive, is a DataError naming the file
-    to delete."""
+    """Checks the official .gz archives of a split against their MD5 and what torchvision
+    extracted from them (and loaded) against the archives: DataError naming the file to delete."""
     from torchvision.datasets.utils import check_integrity
     raw = os.path.join(root, "MNIST", "raw")
-    prefix = "train" if train else "t10k"
-    for (name, md5), loaded in zip([r for r in ds.resources if r[0].startswith(prefix)],
-                                   (ds.data, ds.targets)):
+    for name, md5 in [r for r in ds.resources if r[0].startswith("train" if train else "t10k")]:
         archive = os.path.join(raw, name)
         if not check_integrity(archive, md5):
             raise DataError(f"{archive} is corrupt (MD5 differs from the official file): delete "
                             f"it and run again (it is downloaded), or put the official file there")
-        with gzip.open(archive, "rb") as f:
-            data = f.read()
-        dims = data[3]  # IDX header: 0, 0, type, dims, then dims x uint32 sizes
-        shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-        official = torch.frombuffer(bytearray(data[4 + 4 * dims:]), dtype=torch.uint8)
-        if list(loaded.shape) != shape or not torch.equal(loaded.reshape(-1).to(torch.uint8),
-                                                          official):
-            raise DataError(f"{os.path.join(raw, name[:-3])} differs from its verified archive "
-                            f"{name}: delete it (it is extracted again)")
+        _check_extracted(archive)
 
 
 def holdout(n):
