@@ -731,6 +731,7 @@ class NTUTask(tasks.EpochShuffle):
         n_val = len(valid)
         self.index = {"train": train_idx[train], "valid": train_idx[valid], "test": test_idx}
         self.label = d["label"]
+        self._epoch_indices(len(self.index["train"]), 0)  # refuses too large a batch now
         self.description = (
             f"ntu ({'cross-subject' if protocol == 'cs' else 'cross-view'}): {frames} frames per "
             f"sequence (random frame per segment in training, middle frame in evaluation), 150 "

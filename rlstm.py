@@ -689,6 +689,7 @@ class StanfordDogsTask(tasks.ImageTask):
         self.kind = "classify"
         data = load_stanford_dogs(data_dir, side)
         self.data = tasks.image_splits(*data["train"], data["test"])
+        self._epoch_indices(len(self.data["train"][0]), 0)  # refuses too large a batch now
         n_val, test = len(self.data["valid"][0]), data["test"]
         self.n_in, self.seq_len, self.n_out = 3, seq_len, 120
         self.vocab = 256 if as_tokens else None
@@ -783,6 +784,7 @@ class DBpediaTask(tasks.ImageTask):
         (texts, y_train), (test_texts, y_test) = raw["train"], raw["test"]
         x_train, x_test = encode_chars(texts, seq_len), encode_chars(test_texts, seq_len)
         self.data = tasks.image_splits(x_train, y_train, (x_test, y_test))
+        self._epoch_indices(len(self.data["train"][0]), 0)  # refuses too large a batch now
         n_val = len(self.data["valid"][0])
         self.n_in, self.seq_len, self.n_out = 1, seq_len, 14
         self.vocab = len(DBPEDIA_ALPHABET) + 2

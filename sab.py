@@ -104,6 +104,11 @@ class SAB(nn.Module):
         norm_eps: the sparsifier's eps (see `sparsify`).
         detach_keys: no gradient from the scores into the memories (see above); False gives the
             paper's backward through every path.
+        min_age: step t attends only to memories written at step t - min_age or earlier. 1 (the
+            paper): every memory. k_trunc + 1: only memories outside the local BPTT window,
+            which the window's gradient does not reach anyway; attending to the most recent
+            memory can turn h into a running sum h(t) = h^(t) + a h(t-1) + ..., a plateau of
+            copy training (docs/sab.md, "The main job").
     Attributes:
         watch: None, or a callable (t, weights (B, K), index (B, K), n_memories) called at
             every attention read, for diagnostics; weights are the attention a_i (rows sum to 1),
@@ -120,17 +125,17 @@ class SAB(nn.Module):
 
     def __init__(self, input_size, hidden_size, k_top=5, k_att=2, k_trunc=5,
                  attention="sparse", att_size=None, h0_memory=False, checkpoint_every=0,
-                 norm_eps=1e-3, detach_keys=True):
+                 norm_eps=1e-3, detach_keys=True, min_age=1):
         super().__init__()
         if attention not in ("sparse", "dense"):
             raise ValueError(f"attention must be 'sparse' or 'dense', got {attention!r}")
-        if k_top < 0 or k_att < 1 or k_trunc < 0:
-            raise ValueError(f"need k_top >= 0, k_att >= 1, k_trunc >= 0; got {k_top}, {k_att}, "
-                             f"{k_trunc}")
+        if k_top < 0 or k_att < 1 or k_trunc < 0 or min_age < 1:
+            raise ValueError(f"need k_top >= 0, k_att >= 1, k_trunc >= 0, min_age >= 1; got "
+                             f"{k_top}, {k_att}, {k_trunc}, {min_age}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.k_top, self.k_att, self.k_trunc, self.attention = k_top, k_att, k_trunc, attention
         self.h0_memory, self.checkpoint_every, self.watch = h0_memory, checkpoint_every, None
-        self.norm_eps, self.detach_keys = norm_eps, detach_keys
+        self.norm_eps, self.detach_keys, self.min_age = norm_eps, detach_keys, min_age
         att_size = att_size or max(hidden_size // 2, 1)
         self.cell = nn.LSTMCell(input_size, hidden_size)
         self.query = nn.Linear(hidden_size, att_size)             # W_q h^(t) + b
@@ -184,7 +189,11 @@ class SAB(nn.Module):
                 h, c = h.detach(), c.detach()       # local truncated BPTT; memories stay attached
             h_hat, c = self.cell(x_t, (h, c))       # provisional state h^(t)
             n = t // self.k_att + first if self.attends else 0  # memories written before step t
-            summary = self._read(t, h_hat, memory, n) if n else torch.zeros_like(h_hat)
+            # readable: the memories written at step t - min_age or before (h0 counts as step -1),
+            # the oldest n_read of the n (min_age 1: all of them)
+            old = t - self.min_age + 1
+            n_read = old // self.k_att + first if self.attends and old >= 0 else 0
+            summary = self._read(t, h_hat, memory, n_read) if n_read else torch.zeros_like(h_hat)
             h = h_hat + summary                     # h(t) = h^(t) + sum_i a_i m_i
             if self.attends and (t + 1) % self.k_att == 0:
                 memory = self._write(memory, n, h)  # the memory is h(t) itself (section 3)
@@ -374,7 +383,7 @@ TASKS = ["copy", "adding", "pmnist", "cifar10", "ptb", "text8"]
 DEFAULTS = dict(batch_size=64, hidden_size=128, layers=1, lr=1e-3, clip=1.0, k_att=2, k_top=5,
                 k_trunc=5, steps=20_000, eval_every=500, eval_size=1000, lr_schedule="constant",
                 head="h+read", warmup=0, adam_eps=1e-8, att_eps=1e-3,
-                detach_keys=True)
+                detach_keys=True, min_age=1)
 TASK_DEFAULTS = {  # paper-silent values marked UNCONFIRMED in PAPER below
     # copy: clip 0.02 against the gradient spikes of attention chains (docs/sab.md, "Stability");
     # the release clips at 1.0
@@ -388,9 +397,11 @@ TASK_DEFAULTS = {  # paper-silent values marked UNCONFIRMED in PAPER below
 QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller evaluation set
     # copy: a smaller, faster net (H 64, batch 32), a memory every step (k_att 1: each memory
     # holds one digit), lr 1e-2 with cosine decay; the clip of 0.02 keeps the gradient spikes of
-    # attention chains from derailing Adam (docs/sab.md, "Stability")
+    # attention chains from derailing Adam; attention only to memories older than the k_trunc
+    # window (min_age 6), else a quarter of the runs sit in a "recency" plateau (docs/sab.md)
     "copy": dict(seq_len=10, hidden_size=64, batch_size=32, k_att=1, lr=1e-2, warmup=0,
-                 lr_schedule="cosine", clip=0.02, steps=8000, eval_every=1000, eval_size=500),
+                 lr_schedule="cosine", clip=0.02, min_age=6, steps=8000, eval_every=1000,
+                 eval_size=500),
     "adding": dict(seq_len=50, steps=1500, eval_every=250, eval_size=500),
     # pMNIST / CIFAR-10 / text8 test on a subset: SAB takes about 45 s per 1000 images on one core
     "pmnist": dict(steps=300, eval_every=100, eval_size=1000, test_size=1000),
@@ -456,10 +467,13 @@ def parse_args(argv=None):
                    help="memories also get gradient through their keys W_k m_i (the paper's "
                         "backward; default: through the attention's value path only, which "
                         "keeps gradients from growing along chains of attention)")
+    p.add_argument("--min-age", type=tasks.positive_int,
+                   help="attend only to memories written at least this many steps earlier (1: "
+                        "every memory, the paper; the copy --quick preset: k_trunc + 1 = 6)")
     p.add_argument("--warmup", type=tasks.nonneg_int,
                    help="linear learning-rate warm-up over this many steps (default 0)")
     args = p.parse_args(argv)
-    args.seq_len_given = args.seq_len is not None
+    args.seq_len_given, min_age_given = args.seq_len is not None, args.min_age is not None
     cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})}
     if args.model == "attn":  # the baseline is standard self-attention: gradient through keys
         cfg["detach_keys"] = False
@@ -483,6 +497,8 @@ def parse_args(argv=None):
                 f"{length} steps with --k-att {args.k_att} writes only {capacity} memories")
     if args.model == "sab" and args.k_top == 0:
         p.error("--model sab needs --k-top >= 1 (k_top 0 is --model tbptt)")
+    if min_age_given and args.model not in ("sab", "attn"):
+        p.error(f"--min-age: --model {args.model} has no attention memory")
     if args.h0_memory and args.model not in ("sab", "attn"):
         p.error(f"--h0-memory: --model {args.model} has no attention memory")
     if args.test_seq_len and args.task not in ("copy", "adding"):
@@ -503,7 +519,7 @@ def build_model(args, task):
     return Net(task.n_in, task.n_out, args.hidden_size, per_step=task.kind in ("copy", "lm"),
                head=args.head, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
                attention="dense" if args.model == "attn" else "sparse", h0_memory=args.h0_memory,
-               norm_eps=args.att_eps, detach_keys=args.detach_keys)
+               norm_eps=args.att_eps, detach_keys=args.detach_keys, min_age=args.min_age)
 
 
 def load(path, device="cpu"):

@@ -182,8 +182,12 @@ class EpochShuffle:
     _epoch = _order = None
 
     def _epoch_indices(self, n, step):
-        """Positions in 0..n-1 of the batch_size training samples of `step`."""
-        epoch, i = divmod(step, max(n // self.batch_size, 1))
+        """Positions in 0..n-1 of the batch_size training samples of `step`. Raises DataError
+        if a batch is larger than the training set (it would silently be the whole set)."""
+        if self.batch_size > n:
+            raise DataError(f"--batch-size {self.batch_size} is larger than the training set "
+                            f"({n} samples)")
+        epoch, i = divmod(step, n // self.batch_size)
         if self._epoch != epoch:
             self._epoch = epoch
             self._order = torch.randperm(n, generator=step_generator(self.seed, epoch))
@@ -216,6 +220,7 @@ class ImageTask(EpochShuffle):
             perm = torch.randperm(784, generator=torch.Generator().manual_seed(PMNIST_SEED))
             xs = [x[:, perm] for x in xs]
         self.data = image_splits(xs[0], ys[0], (xs[1], ys[1]))
+        self._epoch_indices(len(self.data["train"][0]), 0)  # refuses too large a batch now
         self.description = (
             f"{name}: {self.seq_len} steps x {self.n_in} channel(s), pixels "
             f"{'as tokens 0..255' if as_tokens else 'scaled to [0,1]'}"
@@ -359,6 +364,9 @@ class CharLMTask:
         for s, t in text.items():  # (B, N): stream j is the j-th of B equal parts of the split
             data = torch.tensor([index[c] for c in t], dtype=torch.long)
             n = len(data) // batch_size
+            if n <= seq_len:  # not one window of T inputs and T targets per stream
+                raise DataError(f"--batch-size {batch_size} x --seq-len {seq_len}: the {s} split "
+                                f"of {name} ({len(data)} characters) is too short")
             self.streams[s] = data[:n * batch_size].view(batch_size, n)
         sizes = "/".join(str(len(text[s])) for s in ("train", "valid", "test"))
         self.description = (f"{name} (char level): vocab {self.vocab}, characters train/valid/test "
@@ -607,10 +615,17 @@ def build(make, args):
 
 def run_main(main):
     """Calls a script's main(); an allocation failure later on (a batch, an evaluation) is a
-    one-line error naming the size flags. The checkpoints on disk are kept (see Run)."""
-    return _allocating(main, lambda detail: (
-        f"out of memory {detail}: lower --batch-size, --eval-size or --hidden-size (the "
-        f"checkpoints on disk are kept)"))
+    one-line error naming the size flags, and so is a DataError (e.g. a batch larger than the
+    training set). The checkpoints on disk are kept (see Run)."""
+    try:
+        return _allocating(main, lambda detail: (
+            f"out of memory {detail}: lower --batch-size, --eval-size or --hidden-size (the "
+            f"checkpoints on disk are kept)"))
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    finally:  # end the progress bar before the error line is printed
+        if Run.active is not None:
+            Run.active.close()
 
 
 def setup(args):
@@ -779,6 +794,8 @@ class Run:
     Raises SystemExit with a one-line message for every refusal (existing run, locked run,
     unreadable or mismatching checkpoint, unwritable --out-dir).
     """
+    active = None  # the run of this process, until close() (run_main closes it on an error)
+    bar = None
 
     @staticmethod
     def paths(script, args):
@@ -938,8 +955,12 @@ class Run:
         return record
 
     def close(self):
-        """Releases the lock and the signal handlers (finish() calls it)."""
+        """Ends the progress bar, releases the lock and the signal handlers (finish() calls
+        it)."""
         atexit.unregister(self.close)
+        Run.active = None
+        if self.bar is not None:
+            self.bar.close()
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers = {}
@@ -1055,7 +1076,7 @@ class Run:
                                  f"({e.strerror})")
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
-            self.lock_path = path
+            self.lock_path, Run.active = path, self
             atexit.register(self.close)
             return
 

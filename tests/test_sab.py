@@ -191,6 +191,9 @@ def _cli(*args):
     (["--resume", "--out-dir", "/nonexistent/dir"], "no checkpoint"),
     (["--clip", "-1"], "argument --clip: must be a number in [0, 1e+06], got -1"),
     (["--model", "tbptt", "--h0-memory"], "--h0-memory: --model tbptt has no attention memory"),
+    (["--model", "lstm", "--quick", "--min-age", "6"],
+     "--min-age: --model lstm has no attention memory"),
+    (["--min-age", "0"], "argument --min-age: must be a positive integer, got 0"),
     (["--head", "x"], "invalid choice: 'x'"),
 ])
 def test_cli_bad_input_gives_one_line_error(args, message):
@@ -266,31 +269,34 @@ def dense_reference(model, x):
     with gather. Shares the parameters of `model` (a sab.SAB); returns h(t) (T, B, H)."""
     T, B, _ = x.shape
     h = c = x.new_zeros(B, model.hidden_size)
-    memories, outputs = ([h] if model.h0_memory else []), []
+    memories, outputs = ([(-1, h)] if model.h0_memory else []), []  # (step written, h)
     for t, x_t in enumerate(x.unbind(0)):
         if model.k_trunc and t % model.k_trunc == 0:
             h, c = h.detach(), c.detach()
         h_hat, c = model.cell(x_t, (h, c))
         h = h_hat
-        if memories:
-            mem = torch.stack(memories, dim=1)  # (B, M, H)
+        readable = [m for step, m in memories if step <= t - model.min_age]
+        if readable:
+            mem = torch.stack(readable, dim=1)  # (B, M, H)
             keys = model.key(mem.detach() if model.detach_keys else mem)
             s = model.score(torch.tanh(keys + model.query(h_hat)[:, None])).squeeze(2)
             w, index = sab.sparsify(s, model.k_top, model.norm_eps)
             picked = mem.gather(1, index[:, :, None].expand(-1, -1, mem.shape[2]))
             h = h_hat + (w[:, :, None] * picked).sum(1)
         if (t + 1) % model.k_att == 0:
-            memories.append(h)
+            memories.append((t, h))
         outputs.append(h)
     return torch.stack(outputs)
 
 
-@pytest.mark.parametrize("k_trunc,h0_memory,detach_keys", [
-    (5, False, True), (0, False, True), (3, True, True), (5, False, False), (0, False, False)])
-def test_sparse_replay_gradients_equal_the_dense_reference(k_trunc, h0_memory, detach_keys):
+@pytest.mark.parametrize("k_trunc,h0_memory,detach_keys,min_age", [
+    (5, False, True, 1), (0, False, True, 1), (3, True, True, 1), (5, False, False, 1),
+    (0, False, False, 1), (5, False, True, 6), (3, True, True, 5)])
+def test_sparse_replay_gradients_equal_the_dense_reference(k_trunc, h0_memory, detach_keys,
+                                                           min_age):
     torch.manual_seed(0)
     model = sab.SAB(3, 8, k_top=3, k_att=2, k_trunc=k_trunc, h0_memory=h0_memory,
-                    detach_keys=detach_keys).double()
+                    detach_keys=detach_keys, min_age=min_age).double()
     x = torch.randn(60, 4, 3, dtype=torch.float64, requires_grad=True)  # 30 memories > k_top
 
     def grads(forward):
