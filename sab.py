@@ -658,7 +658,8 @@ def main(argv=None):
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     run = tasks.Run("sab.py", args, task, model, dict(opt=opt, scaler=scaler), device, argv,
-                    meta=dict(net=model.config))  # resume, lock, Ctrl-C, checkpoints, results
+                    meta=dict(net=model.config),  # resume, lock, Ctrl-C, checkpoints, results
+                    added=dict(min_age=1))        # --min-age is newer than some checkpoints
 
     grad_norms = []  # gradient norms before clipping since the last evaluation
     while run.training():

@@ -790,7 +790,9 @@ class Run:
     model: the nn.Module; state: {name: object with state_dict()/load_state_dict()} saved with
     it (optimizer, GradScaler, scheduler); extra: plain values the script keeps across steps
     (e.g. a carried hidden state), saved and restored as `run.extra`; meta: written into both
-    checkpoints (e.g. the network's config for a loader).
+    checkpoints (e.g. the network's config for a loader); added: {flag: value} for flags added
+    after older checkpoints were written, with the value that reproduces those (a checkpoint
+    without the flag has that value).
     Raises SystemExit with a one-line message for every refusal (existing run, locked run,
     unreadable or mismatching checkpoint, unwritable --out-dir).
     """
@@ -827,9 +829,9 @@ class Run:
             raise SystemExit(f"error: --out-dir {args.out_dir} is not writable ({e.strerror})")
 
     def __init__(self, script, args, task, model, state, device, argv=None, extra=None,
-                 meta=None):
+                 meta=None, added=None):
         self.script, self.args, self.task, self.model, self.state = script, args, task, model, state
-        self.device, self.meta, self.extra = device, meta or {}, extra or {}
+        self.device, self.meta, self.extra, self.added = device, meta or {}, extra or {}, added or {}
         self.argv = list(sys.argv[1:] if argv is None else argv)
         self.metric, self.larger_is_better = SELECT[task.kind]
         self.name, folder, self.last_path, self.best_path = Run.paths(script, args)
@@ -1032,7 +1034,7 @@ class Run:
         if "config" not in ck or "history" not in ck:
             self._fail(f"{self.last_path} is not a checkpoint of {self.script}; delete it or use "
                        f"--restart")
-        now, then = vars(self.args), ck["config"]
+        now, then = vars(self.args), {**self.added, **ck["config"]}
         changed = sorted(k for k in set(now) | set(then)
                          if k not in RESUMABLE_FLAGS and now.get(k) != then.get(k))
         if changed:
@@ -1219,9 +1221,9 @@ def _failure(row, failures):
     """The error of a failed run of `row` (not a transfer row) among `failures`, or None."""
     if row["test_ratio"]:
         return None
-    pattern = "-".join(re.escape(s) for s in (row["script"][:-3], row["task"], row["model"],
-                                              row["tag"])) + r"(-quick|-cpu)?-s\d+"
-    return next((m for n, m in failures.items() if re.fullmatch(pattern, n)), None)
+    name = "-".join((row["script"][:-3], row["task"], row["model"], row["tag"]))
+    return next((m for n, m in failures.items()
+                 if row_tag(n) == name and _TAG_SUFFIX.search(n).group(1) != "-est"), None)
 
 
 def _cell(row, group):

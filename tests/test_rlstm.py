@@ -509,8 +509,9 @@ def _write_mat(path, elements, compress):
 BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
 
 
-def _dogs_fixture(root):
-    """3 breeds x 3 images (train: 2 per breed, test: 1), in images.tar and lists.tar."""
+def _dogs_fixture(root, first_label=1):
+    """3 breeds x 3 images (train: 2 per breed, test: 1), in images.tar and lists.tar; labels
+    first_label, first_label + 1, ... (the official lists: 1..120)."""
     import torchvision
     src = root / "src"
     files, labels = {"train": [], "test": []}, {"train": [], "test": []}
@@ -528,7 +529,7 @@ def _dogs_fixture(root):
                                           torchvision.io.encode_jpeg(img, quality=95))
             split = "train" if i < 2 else "test"
             files[split].append(name)
-            labels[split].append(c + 1)
+            labels[split].append(c + first_label)
     lists = src / "lists"
     lists.mkdir()
     # MATLAB often stores double labels in a smaller integer type (miUINT8): cover both.
@@ -603,6 +604,17 @@ def test_stanford_dogs_parser_on_an_official_layout_fixture(tmp_path, monkeypatc
         rlstm.load_stanford_dogs(str(data_dir), 4)
     with pytest.raises(ValueError, match="square seq_len"):
         rlstm.make_task("stanford_dogs", seq_len=1000, data_dir=str(data_dir))
+
+
+@pytest.mark.parametrize("first_label", [0, 119])  # labels 0, 1, 2 or 119, 120, 121
+def test_stanford_dogs_labels_outside_1_to_120_are_refused_before_decoding(tmp_path, monkeypatch,
+                                                                           first_label):
+    data_dir, _, _ = _dogs_fixture(tmp_path, first_label)
+    monkeypatch.setattr(tasks, "download", _offline)
+    monkeypatch.setattr(rlstm, "DOGS_SPLIT_SIZES", {"train": 6, "test": 3})
+    with pytest.raises(tasks.DataError, match="train_list.mat has labels outside 1..120"):
+        rlstm.load_stanford_dogs(str(data_dir), 8)
+    assert not (data_dir / "stanford_dogs" / "cache_8.pt").exists()
 
 
 def test_stanford_dogs_missing_offline_is_a_one_line_error(tmp_path, monkeypatch):

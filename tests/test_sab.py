@@ -140,6 +140,17 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_older_than_min_age_resumes_as_min_age_1(tmp_path):
+    _run(tmp_path, "--steps", "5")
+    path = tmp_path / "ckpt" / "sab-copy-sab-T4.pt"
+    ck = torch.load(path, weights_only=False)
+    del ck["config"]["min_age"]  # as written before --min-age existed
+    torch.save(ck, path)
+    with pytest.raises(SystemExit, match=r"--min-age 2 \(checkpoint: 1\)"):
+        _run(tmp_path, "--steps", "10", "--resume", "--min-age", "2")
+    assert _run(tmp_path, "--steps", "10", "--resume")["steps_done"] == 10
+
+
 def test_results_file_has_the_promised_fields(tmp_path):
     rec = _run(tmp_path, "--steps", "5")
     path = tmp_path / "sab-copy-sab-T4.json"
