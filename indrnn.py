@@ -845,7 +845,10 @@ TABLES = {
     "indrnn-adding": ("IndRNN Fig. 2: adding problem, test MSE (0.167 = predicting 1)", [
         tasks.row(f"{m}, T={T}", "adding", m, f"T{T}", f"--seq-len {T}",
                   f"--seq-len {T // 10} --steps 20000 --time-budget 1.5",
-                  paper=PAPER[("adding", m)], metric="test_mse")
+                  paper=PAPER[("adding", m)], metric="test_mse",
+                  # on CPU: IndRNN until validation MSE 0.01, each baseline as many steps
+                  cpu="--time-budget 180 " + ("--stop-at 0.01" if m == "indrnn"
+                                              else "--steps-like indrnn"))
         for m in ("indrnn", "lstm", "irnn") for T in (100, 500, 1000, 5000)]),
     "indrnn-mnist": ("IndRNN Table 2: sequential / permuted MNIST, test accuracy (%)", [
         tasks.row(f"{m}, {t}", t, m, "T784", quick="--time-budget 1.5", ckpt=True,
@@ -883,6 +886,12 @@ def parse_args(argv=None):
                    help="initialise input weights N(0, std) (default: PyTorch's)")
     p.add_argument("--ntu-protocol", choices=["cs", "cv"], default="cs",
                    help="NTU RGB+D: cross-subject or cross-view")
+    p.add_argument("--stop-at", type=tasks.positive_float,
+                   help="stop training once the validation metric reaches this value (MSE: at "
+                        "or below; accuracy: at or above); Fig. 2 on CPU stops IndRNN at 0.01")
+    p.add_argument("--steps-like", choices=MODELS,
+                   help="train as many steps as the finished run of this --model with the same "
+                        "task, --tag and --out-dir (Fig. 2: a baseline gets IndRNN's steps)")
     args = p.parse_args(argv)
     args.seq_len_given = args.seq_len is not None
     args.batch_size_given = args.batch_size is not None
@@ -917,6 +926,15 @@ def parse_args(argv=None):
     args.tag = args.tag or tasks.default_tag(
         f"T{args.seq_len}" + (f"-{args.ntu_protocol}" if args.task == "ntu" else "")
         + ("-quick" if args.quick else ""), args, parse_args, argv)
+    if args.steps_like:  # the steps the other model's finished run took (its results file)
+        path = os.path.join(args.out_dir, f"indrnn-{args.task}-{args.steps_like}-{args.tag}.json")
+        try:
+            with open(path) as f:
+                args.steps = json.load(f)["steps_done"]
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--steps-like {args.steps_like}: no finished run in {path} "
+                    f"({type(e).__name__}); run --model {args.steps_like} with --tag {args.tag} "
+                    f"first")
     return args
 
 

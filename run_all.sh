@@ -9,9 +9,11 @@
 #   bash run_all.sh --seeds 3       # seeds 0, 1, 2 of every run (mean and std in TABLES.md)
 #   bash run_all.sh --estimate      # time every run for $EST_MINUTES (default 0.5) minutes at the
 #                                   # papers' settings; TABLES.md then estimates hours per table
-#   bash run_all.sh --cpu           # SAB's copy T=100 rows (Table 1) at the paper's settings on
-#                                   # CPU, $CPU_MINUTES (default 150) minutes of one thread per run,
-#                                   # SAB with seeds 0 and 1, then their Table 5 transfer rows
+#   bash run_all.sh --cpu           # paper settings on CPU, one thread per run: SAB's copy T=100
+#                                   # rows (Table 1; $CPU_MINUTES, default 150, minutes each, SAB
+#                                   # with seeds 0 and 1) and their Table 5 transfer rows; IndRNN's
+#                                   # Fig. 2 (adding T=100..5000: IndRNN until validation MSE
+#                                   # 0.01, LSTM and IRNN as many steps; at most 180 min each)
 #
 # A run whose results file exists is skipped, and a run with a checkpoint but no results file is
 # continued with --resume, so an interrupted sweep resumes where it stopped.
@@ -65,22 +67,27 @@ elif [ "$NGPU" -gt 0 ]; then DEVICE_ARGS="--amp"; SLOTS=$NGPU
 else DEVICE_ARGS=""; SLOTS=1; fi
 SKIPPED=0; RUNNING=0; SLOT=0
 
-# run TABLE SCRIPT TASK MODEL ROWTAG "ARGS" "QUICK_ARGS" [CKPT] [SEEDS]
+# run TABLE SCRIPT TASK MODEL ROWTAG "ARGS" "QUICK_ARGS" [CKPT] [SEEDS] [CPU_ARGS]
 #   ARGS: the paper settings beyond the script's defaults; QUICK_ARGS: replaces them with --quick;
 #   CKPT=ckpt: add --grad-checkpoint on a GPU (full BPTT on long sequences); SEEDS: how many
-#   seeds this row runs unless --seeds is given (default 1).
+#   seeds this row runs unless --seeds is given (default 1); CPU_ARGS: what --cpu adds to ARGS,
+#   or - if the row is not in the CPU tier.
 run() {
-    local table=$1 script=$2 task=$3 model=$4 row=$5 args=$6 qargs=$7 ckpt=${8:-}
+    local table=$1 script=$2 task=$3 model=$4 row=$5 args=$6 qargs=$7 ckpt=${8:-} cpu=${10--}
     [ -n "$ONLY" ] && [ "$ONLY" != "$table" ] && return
-    if [ "$CPU" = 1 ]; then  # the CPU tier: SAB's copy T=100 rows and their transfer only
-        case "$table:$row" in sab-copy:T100|sab-transfer:T100) ;; *) return ;; esac
-    fi
-    local seed tag extra suffix file cmd
+    [ "$CPU" = 1 ] && [ "$cpu" = - ] && return  # not in the CPU tier
+    local seed tag extra suffix file cmd like
     for seed in $(seq 0 $((${SEEDS:-${9:-1}} - 1))); do
         if [ "$QUICK" = 1 ]; then tag="$row-quick-s$seed"; extra="--quick $qargs"
         elif [ "$CPU" = 1 ]; then tag="$row-cpu-s$seed"; extra="$args"
-             # training runs: the time budget is the limit (the step count is not reached)
-             case " $args " in *" --eval-only "*) ;; *) extra="$extra --steps 10000000 --time-budget $CPU_MIN" ;; esac
+             # training runs: the time budget is the limit (the step count is not reached);
+             # the row's own budget, if it gives one, else $CPU_MIN
+             case " $args $cpu " in *" --eval-only "*) ;; *" --time-budget "*) extra="$extra --steps 10000000" ;;
+                 *) extra="$extra --steps 10000000 --time-budget $CPU_MIN" ;; esac
+             extra="$extra${cpu:+ $cpu}"
+             # --steps-like MODEL needs that model's results: wait for the runs under way
+             like=$(echo " $cpu " | sed -n 's/.* --steps-like \([a-z-]*\) .*/\1/p')
+             [ -n "$like" ] && [ ! -f "$OUT/${script%.py}-$task-$like-$tag.json" ] && barrier
         else tag="$row-s$seed"; extra="$args"
              [ "$ckpt" = ckpt ] && [ "$NGPU" -gt 0 ] && extra="$extra --grad-checkpoint"; fi
         if [ "$ESTIMATE" = 1 ]; then  # a short timed run; evaluation-only runs need no estimate
@@ -117,10 +124,10 @@ has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing 
 # seeds|ckpt|args|quick. A table's runs finish before the next table starts (transfer needs them).
 ROWS=$($PY tasks.py runs) || { echo "error: $PY tasks.py runs failed (is torch installed?)" >&2; exit 1; }
 table() {  # table NAME: run every row of NAME
-    local name=$1 tbl script task model row seeds ckpt args qargs
-    while IFS='|' read -r tbl script task model row seeds ckpt args qargs; do
+    local name=$1 tbl script task model row seeds ckpt args qargs cpu
+    while IFS='|' read -r tbl script task model row seeds ckpt args qargs cpu; do
         [ "$tbl" = "$name" ] && run "$name" "$script" "$task" "$model" "$row" "$args" "$qargs" \
-            "$ckpt" "$seeds"
+            "$ckpt" "$seeds" "$cpu"
     done <<< "$ROWS"
     barrier
 }

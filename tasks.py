@@ -751,7 +751,8 @@ def benchmark(step_fn, device, repeats=3):
 # of the flags left at an UNCONFIRMED default, derived from the others, --steps included)
 RESUMABLE_FLAGS = {"steps", "ss_steps", "time_budget", "eval_every", "test_size", "test_seq_len",
                    "resume", "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
-                   "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark", "unconfirmed"}
+                   "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark", "unconfirmed",
+                   "stop_at", "steps_like"}
 
 
 def default_tag(base, args, parse_args, argv=None):
@@ -861,8 +862,16 @@ class Run:
 
     # -- the training loop's calls ---------------------------------------------------------------
     def training(self):
-        """True while the loop should take another step (steps and time budget left)."""
-        return not self.args.eval_only and self.step < self.args.steps and not self.out_of_time()
+        """True while the loop should take another step (steps and time budget left, and the
+        validation metric short of --stop-at where a script has that flag)."""
+        return (not self.args.eval_only and self.step < self.args.steps and not self.out_of_time()
+                and not self.reached())
+
+    def reached(self):
+        """True once the best validation metric reached --stop-at (if the script has it)."""
+        target = getattr(self.args, "stop_at", None)
+        return target is not None and self.best is not None and (
+            self.best >= target if self.larger_is_better else self.best <= target)
 
     def out_of_time(self):
         budget = self.args.time_budget
@@ -914,6 +923,8 @@ class Run:
         if self.out_of_time():
             self.bar.write(f"time budget of {self.args.time_budget} min reached at step "
                            f"{self.step}")
+        if self.reached():
+            self.bar.write(f"--stop-at {self.args.stop_at} reached at step {self.step}")
 
     def save_last(self):
         """Writes the last-state checkpoint (refused with SystemExit if a weight is not finite)."""
@@ -1147,13 +1158,15 @@ def seeds_table(records):
 
 
 def row(label, task, model, tag, args="", quick="", seeds=1, ckpt=False, paper="UNCONFIRMED",
-        metric="test_acc", test_ratio=None):
+        metric="test_acc", test_ratio=None, cpu=None):
     """One row of a paper's table. args: the run's flags at the paper's settings (beyond the
     script's defaults); quick: the flags that replace them under --quick; seeds: how many seeds
     run_all.sh runs; ckpt: add --grad-checkpoint on a GPU (full BPTT on long sequences);
-    paper: the paper's number; test_ratio: test T / training T of a transfer row."""
+    paper: the paper's number; test_ratio: test T / training T of a transfer row; cpu: None if
+    the row is not in `run_all.sh --cpu` (paper settings on CPU under a time budget), else the
+    flags that tier adds to args (e.g. a stopping rule)."""
     return dict(label=label, task=task, model=model, tag=tag, args=args, quick=quick,
-                seeds=seeds, ckpt=ckpt, paper=paper, metric=metric, test_ratio=test_ratio)
+                seeds=seeds, ckpt=ckpt, paper=paper, metric=metric, test_ratio=test_ratio, cpu=cpu)
 
 
 def paper_table_defs():
@@ -1165,11 +1178,13 @@ def paper_table_defs():
 
 
 def print_runs():
-    """run_all.sh's list: one line per row, `table|script|task|model|tag|seeds|ckpt|args|quick`."""
+    """run_all.sh's list: one line per row,
+    `table|script|task|model|tag|seeds|ckpt|args|quick|cpu` (cpu `-`: not in the CPU tier)."""
     for name, (_, rows) in paper_table_defs().items():
         for r in rows:
             print("|".join([name, r["script"], r["task"], r["model"], r["tag"], str(r["seeds"]),
-                            "ckpt" if r["ckpt"] else "", r["args"], r["quick"]]))
+                            "ckpt" if r["ckpt"] else "", r["args"], r["quick"],
+                            "-" if r["cpu"] is None else r["cpu"]]))
 
 
 def row_tag(tag):

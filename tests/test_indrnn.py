@@ -246,6 +246,20 @@ def _cli(*args):
     return run_script("indrnn.py", *args)
 
 
+def test_stop_at_ends_training_and_steps_like_gives_a_baseline_as_many_steps(tmp_path):
+    tiny = ["--task", "adding", "--seq-len", "10", "--hidden-size", "8", "--batch-size", "8",
+            "--eval-size", "32", "--eval-every", "5", "--steps", "1000", "--tag", "fig2"]
+    stopped = _run(tmp_path, *tiny, "--stop-at", "10")  # any MSE of sums in [0, 2] is below 10
+    assert stopped["steps_done"] == 5 and len(stopped["history"]) == 1
+    baseline = _run(tmp_path, *tiny, "--model", "lstm", "--steps-like", "indrnn")
+    assert baseline["steps_done"] == 5 and baseline["config"]["steps"] == 5
+    strict = _run(tmp_path, *tiny, "--tag", "strict", "--steps", "10", "--stop-at", "1e-9")
+    assert strict["steps_done"] == 10  # not reached: the step count ends it
+    with pytest.raises(SystemExit):  # no finished IndRNN run of that tag
+        indrnn.parse_args([*tiny, "--tag", "other", "--model", "irnn", "--steps-like", "indrnn",
+                           "--out-dir", str(tmp_path)])
+
+
 @pytest.mark.parametrize("quick", [[], ["--quick"]])
 def test_every_task_and_model_has_a_valid_configuration(quick):
     for task in indrnn.TASKS:

@@ -94,8 +94,16 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
     assert calls[-1].split()[-2:] == ["table", str(tmp_path / "r")]  # then the tables
 
 
+def test_cpu_tier_runs_indrnn_fig2_until_the_target_and_baselines_as_many_steps(tmp_path):
+    cmds = _dry_run("--cpu", "--only", "indrnn-adding", "--out-dir", str(tmp_path))
+    assert len(cmds) == 12 and all("--threads 1 --seq-len" in c and "-cpu-s0" in c for c in cmds)
+    for c in cmds:  # at most 3 hours each (one budget: the row's); no estimate of steps
+        assert c.count("--time-budget") == 1 and "--steps 10000000 --time-budget 180 " in c
+        assert c.endswith("--stop-at 0.01" if "--model indrnn" in c else "--steps-like indrnn")
+
+
 def test_cpu_tier_runs_sab_copy_t100_at_paper_settings_and_resumes(tmp_path):
-    cmds = _dry_run("--cpu", "--out-dir", str(tmp_path))
+    cmds = [c for c in _dry_run("--cpu", "--out-dir", str(tmp_path)) if "sab.py" in c]
     training = [c for c in cmds if "--eval-only" not in c]
     transfer = [c for c in cmds if "--eval-only" in c]
     assert sorted(c.split("--model ")[1].split()[0] + c.split("--seed ")[1].split()[0]
