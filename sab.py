@@ -215,15 +215,16 @@ class SAB(nn.Module):
         return bank, bank.write(slot, h, key, token)
 
     def _read(self, t, h_hat, memory, n):
-        """sum_i a_i m_i (B, H) for h^(t) (B, H) over the n memories written so far."""
+        """sum_i a_i m_i (B, H) for h^(t) (B, H) over the n oldest memories (those old enough:
+        min_age)."""
         query = self.query(h_hat)                                                # (B, A)
         if self.attention == "dense":  # softmax over all n memories
             if isinstance(memory[0], MemoryBank):  # no grad: the bank's buffers, bounded memory
                 bank = memory[0]
                 w = torch.softmax(bank.score_all(query, self.score.weight[0], n), dim=1)  # (B, n)
                 summary = torch.bmm(w[:, None].to(bank.mem.dtype), bank.mem[:, :n]).squeeze(1)
-            else:
-                summary, w = self.attend(query, *memory, k_top=n)
+            else:  # (B, M, .) graph tensors of every memory written: the n oldest
+                summary, w = self.attend(query, memory[0][:, :n], memory[1][:, :n], k_top=n)
             index = torch.arange(n, device=w.device).expand_as(w)
         else:
             bank, token = memory

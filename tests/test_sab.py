@@ -89,6 +89,23 @@ def test_sab_without_attention_or_truncation_equals_nn_lstm():
     assert torch.allclose(gx, gref, atol=1e-6)
 
 
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_min_age_reads_only_memories_old_enough(attention):
+    torch.manual_seed(0)
+    model = sab.SAB(3, 8, k_top=2, k_att=1, k_trunc=5, attention=attention, min_age=6)
+    seen = []  # (t, memories readable, the newest one read); memory j is h(j) (k_att 1)
+    model.watch = lambda t, w, index, n: seen.append((t, n, index.max().item()))
+    x = torch.randn(20, 2, 3)
+    out, summaries = model(x)  # in the graph (dense: graph tensors of every memory)
+    model.watch = None
+    with torch.no_grad():
+        again, _ = model(x)    # outside it (the memory bank)
+    assert torch.allclose(out, again, atol=1e-6)
+    assert (summaries[:6] == 0).all() and (summaries[6:] != 0).any(dim=2).all()
+    assert [t for t, _, _ in seen] == list(range(6, 20))  # h(0) is 6 steps old at t = 6
+    assert all(n == t - 5 and newest <= t - 6 for t, n, newest in seen)
+
+
 @pytest.mark.parametrize("attention,k_trunc", [("sparse", 4), ("dense", 0)])
 def test_grad_checkpoint_gives_the_same_gradients(attention, k_trunc):
     torch.manual_seed(0)
