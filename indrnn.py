@@ -888,10 +888,12 @@ def parse_args(argv=None):
                    help="NTU RGB+D: cross-subject or cross-view")
     p.add_argument("--stop-at", type=tasks.positive_float,
                    help="stop training once the validation metric reaches this value (MSE: at "
-                        "or below; accuracy: at or above); Fig. 2 on CPU stops IndRNN at 0.01")
+                        "or below; accuracy in %%: at or above); Fig. 2 on CPU stops IndRNN at "
+                        "MSE 0.01")
     p.add_argument("--steps-like", choices=MODELS,
                    help="train as many steps as the finished run of this --model with the same "
-                        "task, --tag and --out-dir (Fig. 2: a baseline gets IndRNN's steps)")
+                        "task, --tag and --out-dir (give both runs the same --tag; Fig. 2: a "
+                        "baseline gets IndRNN's steps)")
     args = p.parse_args(argv)
     args.seq_len_given = args.seq_len is not None
     args.batch_size_given = args.batch_size is not None

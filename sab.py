@@ -477,8 +477,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.seq_len_given, min_age_given = args.seq_len is not None, args.min_age is not None
     cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})}
-    if args.model == "attn":  # the baseline is standard self-attention: gradient through keys
-        cfg["detach_keys"] = False
+    if args.model == "attn":  # the baseline is standard self-attention over every memory,
+        cfg["detach_keys"], cfg["min_age"] = False, 1  # with gradient through keys
     for k, v in cfg.items():  # command line wins over task defaults
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -550,7 +550,8 @@ def evaluate(model, task, split, device, amp_dtype, limit=None, diagnostics=Fals
     """Metrics of `model` on a split (see tasks.summarize), under autocast if amp_dtype is set.
 
     diagnostics=True adds, over the whole split: max_abs_h, the largest |h(t)|; att_recent, the
-    mean attention weight on the most recent memory; att_entropy, the mean entropy (nats) of the
+    mean attention weight on the most recent memory it may read (with --min-age 6: the one 6
+    steps old, so not a measure of the recency state); att_entropy, the mean entropy (nats) of the
     attention weights (ln k_top when spread evenly over k_top memories, 0 on one memory).
     """
     model.eval()

@@ -971,7 +971,8 @@ class Run:
         """Ends the progress bar, releases the lock and the signal handlers (finish() calls
         it)."""
         atexit.unregister(self.close)
-        Run.active = None
+        if Run.active is self:
+            Run.active = None
         if self.bar is not None:
             self.bar.close()
         for sig, handler in self._handlers.items():

@@ -246,7 +246,7 @@ def _cli(*args):
     return run_script("indrnn.py", *args)
 
 
-def test_stop_at_ends_training_and_steps_like_gives_a_baseline_as_many_steps(tmp_path):
+def test_stop_at_ends_training_and_steps_like_gives_a_baseline_as_many_steps(tmp_path, capsys):
     tiny = ["--task", "adding", "--seq-len", "10", "--hidden-size", "8", "--batch-size", "8",
             "--eval-size", "32", "--eval-every", "5", "--steps", "1000", "--tag", "fig2"]
     stopped = _run(tmp_path, *tiny, "--stop-at", "10")  # any MSE of sums in [0, 2] is below 10
@@ -258,6 +258,7 @@ def test_stop_at_ends_training_and_steps_like_gives_a_baseline_as_many_steps(tmp
     with pytest.raises(SystemExit):  # no finished IndRNN run of that tag
         indrnn.parse_args([*tiny, "--tag", "other", "--model", "irnn", "--steps-like", "indrnn",
                            "--out-dir", str(tmp_path)])
+    assert "--steps-like indrnn: no finished run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("quick", [[], ["--quick"]])
