@@ -19,6 +19,7 @@ each docstring names the helpers to copy with it. Shapes are time-major: x (T, B
 Sections of this file: the model (torch alone), the NTU RGB+D data (the one task only this script
 uses; the others come from tasks.py), the papers' configurations, training and the command line.
 """
+import argparse
 import ctypes
 import json
 import os
@@ -929,7 +930,9 @@ def parse_args(argv=None):
         f"T{args.seq_len}" + (f"-{args.ntu_protocol}" if args.task == "ntu" else "")
         + ("-quick" if args.quick else ""), args, parse_args, argv)
     if args.steps_like:  # the steps the other model's finished run took (its results file)
-        path = os.path.join(args.out_dir, f"indrnn-{args.task}-{args.steps_like}-{args.tag}.json")
+        other = tasks.Run.paths("indrnn.py", argparse.Namespace(**{**vars(args),
+                                                                 "model": args.steps_like}))
+        path = os.path.join(args.out_dir, other[0] + ".json")
         try:
             with open(path) as f:
                 args.steps = json.load(f)["steps_done"]

@@ -499,10 +499,9 @@ def parse_args(argv=None):
                 f"{length} steps with --k-att {args.k_att} writes only {capacity} memories")
     if args.model == "sab" and args.k_top == 0:
         p.error("--model sab needs --k-top >= 1 (k_top 0 is --model tbptt)")
-    if min_age_given and args.model not in ("sab", "attn"):
-        p.error(f"--min-age: --model {args.model} has no attention memory")
-    if args.h0_memory and args.model not in ("sab", "attn"):
-        p.error(f"--h0-memory: --model {args.model} has no attention memory")
+    for flag, given in (("--min-age", min_age_given), ("--h0-memory", args.h0_memory)):
+        if given and args.model not in ("sab", "attn"):
+            p.error(f"{flag}: --model {args.model} has no attention memory")
     if args.test_seq_len and args.task not in ("copy", "adding"):
         p.error(f"--test-seq-len: only copy and adding can be tested at another T, not "
                 f"{args.task}")

@@ -889,7 +889,6 @@ class Run:
             self._diverged(f"non-finite loss {value} at step {self.step}")
         if self.interrupted:
             self.save_last()
-            self.bar.close()
             cmd = " ".join(["python", self.script] + [a for a in self.argv if a != "--restart"]
                            + ([] if "--resume" in self.argv else ["--resume"]))
             self._fail(f"{self.interrupted}: checkpoint of step {self.step} written to "
@@ -995,12 +994,11 @@ class Run:
         return "none yet" if step is None else f"{self.last_path} (step {step})"
 
     def _diverged(self, why):
-        self.bar.close()
         self._fail(f"{why}: the run diverged and stops; nothing of this state is saved. The "
                    f"checkpoint on disk: {self._on_disk()}")
 
     def _fail(self, message, code=1):
-        self.close()
+        self.close()  # the progress bar ends before the message
         if code != 1:
             print(message, file=sys.stderr)
             raise SystemExit(code)
