@@ -1,7 +1,7 @@
 """Shared fixtures. Real data comes from $RNN_DATA_DIR (CI points it at a writable copy of an
 offline MNIST and PTB folder); otherwise from ./data, and tests whose dataset is not there skip."""
+import importlib
 import os
-import subprocess
 import sys
 
 import pytest
@@ -39,11 +39,29 @@ def ptb_data_dir():
     return _dataset_dir("ptb")
 
 
-def run_script(script, *args):
-    """Runs `python <script> <args>` (a script of the repository) in a subprocess and returns the
-    CompletedProcess, with stdout and stderr as text."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def cli(capsys):
+    """cli(script, *args) runs `python <script> <args>` in this process (no interpreter start-up,
+    so a refusal test takes milliseconds) through the scripts' own entry point, tasks.run_main,
+    and returns (exit status, stderr). For runs that are refused: a run that is not refused fails
+    the test, and so does any exception other than SystemExit (it would be a traceback). Threads
+    and the random state are restored afterwards."""
+    import tasks
+
+    def run(script, *args):
+        module = importlib.import_module(script.removesuffix(".py"))
+        threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+        try:
+            with pytest.raises(SystemExit) as e:
+                tasks.run_main(lambda: module.main(list(args)))
+        finally:
+            torch.set_num_threads(threads)
+            torch.random.set_rng_state(rng)
+        code, err = e.value.code, capsys.readouterr().err
+        if isinstance(code, str):  # SystemExit("error: ...") prints its message and exits 1
+            code, err = 1, err + code + "\n"
+        return code, err
+    return run
 
 
 def saved_weights(path):

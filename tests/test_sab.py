@@ -8,7 +8,7 @@ import torch
 
 import sab
 import tasks
-from conftest import run_script, saved_weights
+from conftest import saved_weights
 
 
 def test_sparsify_keeps_exactly_k_top_weights_that_sum_to_one():
@@ -198,14 +198,12 @@ def test_short_copy_run_learns_well_below_the_trivial_baseline(tmp_path):
     # Trivial baseline on the 10 recalled digits: uniform over 1..8, CE = ln 8 = 2.08 nats and
     # 12.5% accuracy. With T=1 the digits lie 11 steps before their recall, beyond k_trunc=5, so
     # SAB must learn through its attention connections.
-    rec = sab.main(["--task", "copy", "--seq-len", "1", "--lr", "3e-3", "--steps", "1000",
-                    "--eval-every", "500", "--out-dir", str(tmp_path)])
+    # The --quick preset (H 64, batch 32, lr 1e-2 with cosine decay), 500 steps: test CE 0.4-0.9
+    # for seeds 0-2 (about 9 s).
+    rec = sab.main(["--task", "copy", "--quick", "--seq-len", "1", "--steps", "500",
+                    "--eval-every", "250", "--eval-size", "256", "--out-dir", str(tmp_path)])
     assert rec["metrics"]["test_ce"] < 0.75 * math.log(8), rec["metrics"]
     assert rec["metrics"]["test_acc"] > 30, rec["metrics"]
-
-
-def _cli(*args):
-    return run_script("sab.py", *args)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -224,11 +222,9 @@ def _cli(*args):
     (["--min-age", "0"], "argument --min-age: must be a positive integer, got 0"),
     (["--head", "x"], "invalid choice: 'x'"),
 ])
-def test_cli_bad_input_gives_one_line_error(args, message):
-    r = _cli(*args)
-    assert r.returncode != 0
-    assert message in r.stderr
-    assert "Traceback" not in r.stderr
+def test_cli_bad_input_gives_one_line_error(args, message, cli):
+    code, err = cli("sab.py", *args)
+    assert code != 0 and message in err, err
 
 
 def test_missing_dataset_offline_is_a_one_line_error(tmp_path, monkeypatch):
