@@ -11,9 +11,9 @@ The model classes `IndRNN` and `DeepIndRNN` need torch alone and can be copied i
 each docstring names the helpers to copy with it. Shapes are time-major: x (T, B, D). Models
 (`--model`):
     indrnn      stacked IndRNN layers, batch norm between layers (CVPR sections 3.2, 4)
-    res-indrnn  residual IndRNN: an IndRNN layer, then pre-activation blocks
-                x + [BN - IndRNN - BN - IndRNN](x), a final BN (CVPR section 3.2, Deep IndRNN
-                section 4)
+    res-indrnn  residual IndRNN in the authors' layout: an input projection x = W_0 input, then
+                blocks x + [BN - recurrence - dropout - W - BN - recurrence - dropout - W](x),
+                then a last BN - recurrence (CVPR section 3.2, Deep IndRNN section 4)
     lstm        nn.LSTM baseline
     irnn        ReLU RNN with identity-initialised recurrent matrix (Le et al. 2015) baseline
 Sections of this file: the model (torch alone), the NTU RGB+D data (the one task only this script
@@ -331,14 +331,20 @@ class SeqBatchNorm(nn.Module):
         hidden_size: H.
         frames: None: statistics over time and batch, one mean / variance per unit ("BN over
             time", any T). An int T: frame-wise, one mean / variance per (step, unit), as the
-            IndRNN authors use on PTB; the input must then have exactly T steps.
+            IndRNN authors use on PTB, with one scale and shift per unit shared by all steps (as
+            in the authors' code); the input must then have exactly T steps.
     Raises: ValueError if frame-wise and the input has another number of steps.
     """
 
     def __init__(self, hidden_size, frames=None):
         super().__init__()
         self.frames = frames
-        self.bn = nn.BatchNorm1d(hidden_size * (frames or 1))
+        if frames is None:
+            self.bn = nn.BatchNorm1d(hidden_size)
+        else:  # statistics per (step, unit); the affine part is the (H,) weight and bias below
+            self.bn = nn.BatchNorm1d(hidden_size * frames, affine=False)
+            self.weight = nn.Parameter(torch.ones(hidden_size))
+            self.bias = nn.Parameter(torch.zeros(hidden_size))
 
     def forward(self, x):
         T, B, H = x.shape
@@ -347,7 +353,7 @@ class SeqBatchNorm(nn.Module):
         if T != self.frames:
             raise ValueError(f"frame-wise batch norm was built for T={self.frames}, got T={T}")
         y = self.bn(x.transpose(0, 1).reshape(B, T * H))  # (B, T*H): one statistic per (t, unit)
-        return y.view(B, T, H).transpose(0, 1)
+        return y.view(B, T, H).transpose(0, 1) * self.weight + self.bias  # (T, B, H)
 
 
 class IndRNN(nn.Module):
@@ -366,7 +372,8 @@ class IndRNN(nn.Module):
             last layer of a network read out at the last step only, so that units keep memory
             over the whole sequence (section 4.1).
         input_std: if set, W ~ N(0, input_std) (the authors use 0.001 on the adding problem);
-            else PyTorch's default Linear initialisation.
+            else kaiming_uniform_(a=8) as in the authors' code (bound about 0.027 at fan-in
+            128). The bias starts at 0.
         batch_norm: None, "time" or "frame": batch norm of W x before the recurrence
             (SeqBatchNorm; "frame" needs seq_len).
     Call `constrain_()` after every optimizer step to clip u to [-u_max, u_max].
@@ -397,6 +404,8 @@ class IndRNN(nn.Module):
             self.u.uniform_(self.u_min_init, self.u_max)
             if input_std is not None:
                 self.input.weight.normal_(0.0, input_std)
+            else:
+                nn.init.kaiming_uniform_(self.input.weight, a=8)
             if self.input.bias is not None:
                 self.input.bias.zero_()
 
@@ -404,13 +413,17 @@ class IndRNN(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"IndRNN expects x of shape (T, B, {self.input_size}), got "
                              f"{tuple(x.shape)}")
-        T, B, _ = x.shape
+        return self.recur(self.input(x), h0)                           # W x_t + b: (T, B, H)
+
+    def recur(self, pre, h0=None):
+        """Batch norm (if any) and the recurrence on pre-activations pre (T, B, H), W x_t + b
+        or anything added to it (DeepIndRNN's residual shortcut). Returns (output, h_n)."""
+        T, B, _ = pre.shape
         if h0 is None:
-            h0 = x.new_zeros(B, self.hidden_size, dtype=torch.float32)
+            h0 = pre.new_zeros(B, self.hidden_size, dtype=torch.float32)
         elif h0.shape != (B, self.hidden_size):
             raise ValueError(f"h0 must be (B, H) = ({B}, {self.hidden_size}), got "
                              f"{tuple(h0.shape)}")
-        pre = self.input(x)                                             # W x_t + b: (T, B, H)
         if self.norm is not None:
             pre = self.norm(pre)
         h = indrnn_recurrence(pre, self.u, h0)
@@ -458,8 +471,12 @@ class DeepIndRNN(nn.Module):
 
     Plain (CVPR sections 3.2 and 4, Deep IndRNN Fig. 3a): every layer is W - BN - recurrence +
     ReLU, followed by dropout with a mask shared across time.
-    Residual (CVPR section 3.2, Deep IndRNN Fig. 3b): a first IndRNN layer, then (layers - 1) / 2
-    pre-activation blocks h + F(h), F = BN - IndRNN - BN - IndRNN (dropout after each IndRNN).
+    Residual (CVPR section 3.2, Deep IndRNN Fig. 3b), the layout of the authors' code: the same
+    layers, with a shortcut between pre-activations. Layer 0's projection x_0 = W_0 input
+    starts it; blocks x_b = x_(b-1) + F(x_(b-1)), F = [BN - recurrence - dropout - W - BN -
+    recurrence - dropout - W], are layers (0, 1) + the projection of layer 2, (2, 3) + that of
+    layer 4, ...: every even layer i >= 2 adds the shortcut to its W h before its BN. The last
+    layer's BN - recurrence is the authors' extra IndRNN after the last block.
     (Net adds the batch norm of the last layer's output, at the read-out.)
 
     Args:
@@ -491,39 +508,36 @@ class DeepIndRNN(nn.Module):
             raise ValueError(f"a residual IndRNN has 1 + 2 * blocks layers (3, 5, ..., 11, 21); "
                              f"got {layers}")
         self.residual, self.dropout, self.grad_checkpoint = residual, dropout, grad_checkpoint
-        frames = seq_len if batch_norm == "frame" else None
-        self.layers = nn.ModuleList()
-        self.pre_norms = nn.ModuleList()  # residual: the BN in front of each IndRNN of a block
-        for i in range(layers):
-            in_block = residual and i > 0
-            self.layers.append(IndRNN(
-                input_size if i == 0 else hidden_size, hidden_size, seq_len, mag,
-                long_memory=long_memory and i == layers - 1, input_std=input_std,
-                batch_norm=None if in_block else batch_norm))
-            self.pre_norms.append(SeqBatchNorm(hidden_size, frames) if in_block and batch_norm
-                                  else nn.Identity())
+        self.layers = nn.ModuleList(
+            IndRNN(input_size if i == 0 else hidden_size, hidden_size, seq_len, mag,
+                   long_memory=long_memory and i == layers - 1, input_std=input_std,
+                   batch_norm=batch_norm)
+            for i in range(layers))
 
-    def _layer(self, i, h, h0):
-        out, h_n = self.layers[i](self.pre_norms[i](h), h0)
-        return shared_dropout(out, self.dropout, self.training), h_n
+    def _layer(self, i, h, h0, shortcut):
+        """Layer i on h (T, B, H_in): pre = W h (+ shortcut), BN, recurrence, dropout.
+        Returns (output (T, B, H), h_n (B, H), pre (T, B, H))."""
+        pre = self.layers[i].input(h)
+        if shortcut is not None:
+            pre = pre + shortcut                        # x_b = x_(b-1) + F(x_(b-1))
+        out, h_n = self.layers[i].recur(pre, h0)
+        return shared_dropout(out, self.dropout, self.training), h_n, pre
 
     def forward(self, x, states=None):
         states = states or [None] * len(self.layers)
-        h, new_states = x, []
+        h, x_block, new_states = x, None, []
         for i in range(len(self.layers)):
-            if self.residual and i % 2 == 1:            # a block is layers (1, 2), (3, 4), ...
-                block_input = h
+            shortcut = x_block if self.residual and i >= 2 and i % 2 == 0 else None
             if self.grad_checkpoint and torch.is_grad_enabled():
                 # context_fn returns (context of the forward pass, context of its recomputation
                 # in backward); checkpoint calls it at once, so it returns this layer's contexts
-                contexts = (_FrozenRunningStats(),
-                            _FrozenRunningStats(self.pre_norms[i], self.layers[i]))
-                h, h_n = checkpoint(self._layer, i, h, states[i], use_reentrant=False,
-                                    context_fn=lambda: contexts)
+                contexts = (_FrozenRunningStats(), _FrozenRunningStats(self.layers[i]))
+                h, h_n, pre = checkpoint(self._layer, i, h, states[i], shortcut,
+                                         use_reentrant=False, context_fn=lambda: contexts)
             else:
-                h, h_n = self._layer(i, h, states[i])
-            if self.residual and i > 0 and i % 2 == 0:  # end of a block: h + F(h)
-                h = block_input + h
+                h, h_n, pre = self._layer(i, h, states[i], shortcut)
+            if self.residual and i % 2 == 0:
+                x_block = pre                           # the input x_b of the next block
             new_states.append(h_n)
         return h, new_states
 
@@ -581,6 +595,11 @@ class Net(nn.Module):
         else:
             raise ValueError(f"unknown model {model!r}")
         self.head = nn.Linear(hidden_size, n_out)
+        if model in ("indrnn", "res-indrnn") and indrnn_kwargs.get("input_std") is None:
+            # the authors' PyTorch code (MNIST, PTB): kaiming_normal_, zero bias; on adding
+            # (input_std set, the paper's N(0, 0.001) inputs) PyTorch's default, as before
+            nn.init.kaiming_normal_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x, state=None):
         if x.dtype == torch.long:
@@ -954,10 +973,14 @@ def build_model(args, task):
 
 
 def make_optimizer(model, args):
-    """Adam; weight decay on weight matrices only, never on u, biases or batch norm (all the 1-D
-    parameters; the authors' code decays batch-norm scales too: docs/indrnn.md, Deviations)."""
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    """Adam; weight decay on every parameter except the recurrent weights u and the biases
+    (Deep IndRNN section 5), chosen by name as the authors' code does: batch-norm scales are
+    decayed, their shifts (biases) are not."""
+    def decayed(name):  # "rnn.layers.0.u", "head.bias", nn.LSTM's "rnn.bias_ih_l0", ...
+        last = name.rsplit(".", 1)[-1]
+        return not (last == "u" or last.startswith("bias"))
+    decay = [p for n, p in model.named_parameters() if decayed(n)]
+    no_decay = [p for n, p in model.named_parameters() if not decayed(n)]
     return torch.optim.Adam([dict(params=decay, weight_decay=args.weight_decay),
                              dict(params=no_decay, weight_decay=0.0)], lr=args.lr)
 

@@ -94,6 +94,23 @@ def test_shapes_and_h0_handling():
         indrnn.DeepIndRNN(3, 7, layers=4, residual=True)
 
 
+@pytest.mark.parametrize("batch_norm", ["time", None])
+def test_the_residual_network_has_the_authors_layout(batch_norm):
+    # the authors' code: x_0 = W_0 input; blocks x + [BN, rec, dropout, W, BN, rec, dropout,
+    # W](x); then one more BN, rec. Written out here, layer by layer (dropout 0).
+    torch.manual_seed(0)
+    net = indrnn.DeepIndRNN(3, 8, layers=5, residual=True, batch_norm=batch_norm)
+    x = torch.randn(6, 4, 3)
+    L = net.layers
+
+    def rec(j, pre):  # BN_j (if any) and recurrence j
+        return L[j].recur(pre)[0]
+    xb = L[0].input(x)
+    for b in range(2):
+        xb = xb + L[2 * b + 2].input(rec(2 * b + 1, L[2 * b + 1].input(rec(2 * b, xb))))
+    assert torch.allclose(net(x)[0], rec(4, xb), atol=1e-6)  # (training mode: batch statistics)
+
+
 @pytest.mark.parametrize("model", ["indrnn", "res-indrnn", "lstm", "irnn"])
 def test_every_model_runs_and_carries_its_state(model):
     torch.manual_seed(0)
