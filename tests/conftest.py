@@ -60,6 +60,7 @@ def cli(capsys):
         code, err = e.value.code, capsys.readouterr().err
         if isinstance(code, str):  # SystemExit("error: ...") prints its message and exits 1
             code, err = 1, err + code + "\n"
+        assert "Traceback" not in err, err  # nothing printed one before exiting
         return code, err
     return run
 
