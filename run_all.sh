@@ -11,7 +11,7 @@
 #                                   # papers' settings; TABLES.md then estimates hours per table
 #   bash run_all.sh --cpu           # paper settings on CPU, one thread per run: SAB's copy T=100
 #                                   # rows (Table 1; $CPU_MINUTES, default 150, minutes each, SAB
-#                                   # with seeds 0 and 1) and their Table 5 transfer rows; IndRNN's
+#                                   # with seeds 0, 1 and 2) and their Table 5 transfer rows; IndRNN's
 #                                   # Fig. 2 (adding T=100..5000: IndRNN until validation MSE
 #                                   # 0.01, LSTM and IRNN as many steps; at most 180 min each)
 #

@@ -47,7 +47,7 @@ def test_transfer_runs_are_skipped_by_their_test_length(tmp_path):
     every = _dry_run("--quick", "--only", "sab-transfer", "--out-dir", str(tmp_path))
     (tmp_path / "sab-copy-sab-T100-quick-s0-test20.json").write_text("{}")
     left = _dry_run("--quick", "--only", "sab-transfer", "--out-dir", str(tmp_path))
-    assert len(every) == 20 and len(left) == 19  # SAB with seeds 0 and 1, LSTM and attn seed 0
+    assert len(every) == 25 and len(left) == 24  # SAB with seeds 0, 1 and 2, LSTM and attn seed 0
     assert not any(" sab.py --task copy --model sab " in f" {c} " and "-quick-s0 " in c
                    and c.endswith("--test-seq-len 20") for c in left)
 
@@ -107,11 +107,11 @@ def test_cpu_tier_runs_sab_copy_t100_at_paper_settings_and_resumes(tmp_path):
     training = [c for c in cmds if "--eval-only" not in c]
     transfer = [c for c in cmds if "--eval-only" in c]
     assert sorted(c.split("--model ")[1].split()[0] + c.split("--seed ")[1].split()[0]
-                  for c in training) == ["attn0", "lstm0", "sab0", "sab1", "tbptt0"]
+                  for c in training) == ["attn0", "lstm0", "sab0", "sab1", "sab2", "tbptt0"]
     for c in training:  # the paper's settings: sab.py's copy defaults at T=100, one thread
         assert c.endswith("--threads 1 --seq-len 100 --steps 10000000 --time-budget 150")
         assert "-cpu-s" in c and "--quick" not in c
-    assert len(transfer) == 20 and {c.split()[-1] for c in transfer} == {
+    assert len(transfer) == 25 and {c.split()[-1] for c in transfer} == {
         "200", "300", "400", "2000", "5000"}
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "sab-copy-sab-T100-cpu-s1.pt").write_text("")  # an interrupted run
