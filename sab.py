@@ -424,10 +424,11 @@ _COPY = {"lstm": "LSTM (full BPTT)", "tbptt": "TBPTT (k_trunc 5)",
          "attn": "LSTM + self-attention (full BPTT)", "sab": "SAB (k_trunc 5, k_top 5)"}
 _OTHER = {"tbptt": "TBPTT (k_trunc 10)", "lstm": "LSTM (full BPTT)",
           "sab": "SAB (k_trunc 10, k_top 10)"}  # TASK_DEFAULTS: k 10 beyond copy
+_SEEDS = {"sab": 3}  # seeds per model of the copy rows (1 if absent); transfer tests each trained one
 TABLES = {
     "sab-copy": ("SAB Table 1: copy memory, test accuracy (%) on the 10 recalled digits", [
         tasks.row(f"{_COPY[m]}, T={T}", "copy", m, f"T{T}", f"--seq-len {T}",
-                  f"--seq-len {T // 10}", seeds=3 if m == "sab" else 1,
+                  f"--seq-len {T // 10}", seeds=_SEEDS.get(m, 1),
                   paper=PAPER.get(("copy", m, T), "UNCONFIRMED"), cpu="" if T == 100 else None)
         for T in (100, 200, 300) for m in ("lstm", "tbptt", "attn", "sab")]),
     "sab-transfer": ("SAB Table 5: copy, trained at T=100, tested on longer sequences "
@@ -435,7 +436,7 @@ TABLES = {
         tasks.row(f"{_COPY[m]}, trained T=100, tested T={T}", "copy", m, "T100",
                   f"--seq-len 100 --eval-only --test-seq-len {T}",
                   f"--seq-len 10 --eval-only --test-seq-len {T // 10}",
-                  seeds=3 if m == "sab" else 1, test_ratio=T // 100, cpu="")
+                  seeds=_SEEDS.get(m, 1), test_ratio=T // 100, cpu="")
         for T in (200, 300, 400, 2000, 5000) for m in ("sab", "lstm", "attn")]),
     "sab-other": ("SAB: adding (MSE), pMNIST and CIFAR-10 (accuracy %), PTB and text8 (BPC)", [
         tasks.row(f"{_OTHER[m]}, {t}", t, m, tag, quick="--time-budget 1", ckpt=True,
