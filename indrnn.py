@@ -604,7 +604,12 @@ class Net(nn.Module):
     def forward(self, x, state=None):
         if x.dtype == torch.long:
             x = F.one_hot(x, self.n_in).float()  # (T, B) -> (T, B, n_in)
-        h, state = self.rnn(x, state)            # (T, B, H)
+        if self.model == "irnn":  # W_hh = I: float32 under autocast, as the IndRNN recurrence
+            # (in bfloat16 the IRNN diverged to NaN at step 1676 of adding T=1000 on an H100)
+            with torch.autocast(x.device.type, enabled=False):
+                h, state = self.rnn(x.float(), state)  # (T, B, H)
+        else:
+            h, state = self.rnn(x, state)        # (T, B, H)
         h = h if self.per_step else h[-1]        # (T, B, H) or (B, H)
         if self.out_norm is not None:
             h = self.out_norm(h)

@@ -255,7 +255,7 @@ class SAB(nn.Module):
             w = w / (w.sum(dim=1, keepdim=True) + self.norm_eps)
         else:
             w, j = sparsify(s, k_top, self.norm_eps)                             # (B, K)
-            w = torch.zeros_like(s).scatter(1, j, w)                             # (B, M)
+            w = torch.zeros_like(s, dtype=w.dtype).scatter(1, j, w)  # (B, M); softmax: float32
         return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1), w            # (B, H)
 
 

@@ -380,3 +380,13 @@ def test_model_classes_work_when_copied_out_under_the_standard_imports(name):
         copied = _forward_backward(namespace[name], config)
         original = _forward_backward(cls, config)
         assert all(torch.equal(a, b) for a, b in zip(copied, original)), config
+
+
+def test_irnn_recurrence_runs_in_float32_under_autocast():
+    """W_hh = I in bfloat16 diverged on an H100 (adding T=1000); the IRNN runs in float32."""
+    net = indrnn.Net("irnn", 2, 1, 16, 1, per_step=False)
+    seen = []
+    net.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = net(torch.rand(50, 4, 2))
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16  # the head still autocasts

@@ -1,0 +1,61 @@
+"""The CUDA paths that the CPU suite cannot reach: the fused Triton recurrence compiled for the
+GPU against the loop, and the models under CUDA autocast (run_all.sh's GPU tier runs with --amp).
+Skipped without a CUDA device (CI has none); run on a GPU machine with
+`RNN_TEST_CUDA=1 python -m pytest tests/test_cuda.py`.
+"""
+import pytest
+import torch
+
+import indrnn
+import sab
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _value_and_grads(fn, leaves, upstream):
+    leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    h = fn(*leaves)
+    return [h, *torch.autograd.grad((h * upstream).sum(), leaves)]
+
+
+@pytest.mark.parametrize("T, B, H, h0_zero", [(1, 1, 1, False), (7, 3, 67, False),
+                                              (1000, 2, 3, True), (256, 128, 512, False)])
+def test_triton_kernel_matches_the_loop_on_cuda(T, B, H, h0_zero):
+    assert indrnn.recurrence_impl(torch.device("cuda")) == "triton"  # the first-use check passed
+    g = torch.Generator(device="cuda").manual_seed(0)
+    kw = dict(generator=g, device="cuda", dtype=torch.float64)
+    cap = 1.2 if T < 100 else 2.0 ** (1.0 / T)  # |u| as the constraint keeps it
+    pre, upstream = torch.randn(T, B, H, **kw), torch.randn(T, B, H, **kw)
+    u = (torch.rand(H, **kw) * 2 - 1) * cap
+    h0 = torch.zeros(B, H, device="cuda", dtype=torch.float64) if h0_zero else \
+        torch.rand(B, H, **kw)
+    fast = _value_and_grads(lambda *a: indrnn.indrnn_recurrence(*a, impl="triton"),
+                            [pre, u, h0], upstream)
+    loop = _value_and_grads(lambda *a: indrnn.indrnn_recurrence(*a, impl="loop"),
+                            [pre, u, h0], upstream)
+    for name, a, b in zip(("h", "grad pre", "grad u", "grad h0"), fast, loop):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_sab_trains_under_bf16_autocast(attention):
+    """bfloat16 scores with float32 softmax weights (fewer memories than k_top) once failed in
+    scatter on CUDA only."""
+    torch.manual_seed(0)
+    model = sab.SAB(10, 32, k_top=3, k_att=2, k_trunc=5, attention=attention).cuda()
+    x = torch.randn(60, 4, 10, device="cuda")
+    ref = model(x)[0]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x)[0]
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert (out.float() - ref).abs().max() < 0.1  # bfloat16 rounding, not another computation
+
+
+def test_irnn_recurrence_runs_in_float32_under_autocast():
+    net = indrnn.Net("irnn", 2, 1, 16, 1, per_step=False).cuda()
+    seen = []
+    net.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        net(torch.rand(50, 4, 2, device="cuda"))
+    assert seen == [torch.float32]
