@@ -263,9 +263,12 @@ def _check_triton(device):
     one-line reason (disagreement, or the kernel's error: compilation, driver, ...)."""
     T, B, H = 9, 3, _TRITON_BLOCK // 2 + 3
     results = []
-    try:  # may be called under no_grad, inference_mode or autocast
+    try:  # may be called under no_grad, inference_mode, autocast or inside the forward of
+        # torch.utils.checkpoint, whose recomputation will not run this check again: the
+        # identity hooks keep the check's saved tensors out of the count checkpoint keeps
         with torch.inference_mode(False), torch.enable_grad(), \
-                torch.autocast(device.type, enabled=False):
+                torch.autocast(device.type, enabled=False), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             g = torch.Generator().manual_seed(0)
             pre = torch.randn(T, B, H, generator=g)
             u = torch.rand(H, generator=g) * 2.4 - 1.2

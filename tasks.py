@@ -599,7 +599,8 @@ def _allocating(fn, message):
         return fn()
     except (RuntimeError, MemoryError) as e:
         text = str(e)
-        if not (isinstance(e, MemoryError) or "allocat" in text or "out of memory" in text):
+        if not (isinstance(e, MemoryError) or "allocat" in text or "out of memory" in text
+                or "size calculation overflow" in text):  # CUDA: a size past 2^63 bytes
             raise
         raise SystemExit("error: " + message(
             f"({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})"))
@@ -1067,9 +1068,9 @@ class Run:
             lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [repr(e)]
             self._fail(f"{self.last_path} does not fit this model ({lines[min(1, len(lines) - 1)]}"
                        f"); delete it or use --restart")  # line 2: the first mismatch
-        torch.set_rng_state(ck["rng"]["torch"])
+        torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
         if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
         self.step, self.best, self.history = ck["step"], ck["best"], ck["history"]
         self.elapsed, self.extra = ck["elapsed"], ck.get("extra", {})
         self.saved_step = self.step

@@ -1,7 +1,7 @@
 """The CUDA paths that the CPU suite cannot reach: the fused Triton recurrence compiled for the
 GPU against the loop, and the models under CUDA autocast (run_all.sh's GPU tier runs with --amp).
-Skipped without a CUDA device (CI has none); run on a GPU machine with
-`RNN_TEST_CUDA=1 python -m pytest tests/test_cuda.py`.
+Skipped without a CUDA device (CI has none). The rest of the suite hides the GPU (see
+conftest.py); on a GPU machine run `RNN_TEST_CUDA=1 python -m pytest tests/test_cuda.py`.
 """
 import pytest
 import torch
@@ -9,7 +9,7 @@ import torch
 import indrnn
 import sab
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and RNN_TEST_CUDA=1")
 
 
 def _value_and_grads(fn, leaves, upstream):
@@ -59,3 +59,23 @@ def test_irnn_recurrence_runs_in_float32_under_autocast():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         net(torch.rand(50, 4, 2, device="cuda"))
     assert seen == [torch.float32]
+
+
+def test_the_first_use_check_inside_gradient_checkpointing_on_cuda(monkeypatch):
+    """With --grad-checkpoint the kernel's first use is inside a checkpointed forward."""
+    monkeypatch.setattr(indrnn, "_TRITON_OK", {})
+    net = indrnn.DeepIndRNN(2, 32, layers=2, seq_len=50, grad_checkpoint=True).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(torch.randn(50, 4, 2, device="cuda"))[0]
+    out.float().sum().backward()
+    assert indrnn._TRITON_OK == {("cuda:0", False): True}
+
+
+def test_a_run_on_cuda_resumes(tmp_path):
+    """The checkpoint's RNG state once failed to load on CUDA (torch.load's map_location had
+    moved the CPU generator's state to the GPU)."""
+    args = ["--task", "copy", "--seq-len", "4", "--hidden-size", "16", "--k-top", "2",
+            "--k-trunc", "3", "--out-dir", str(tmp_path), "--eval-every", "5", "--tag", "T4",
+            "--device", "cuda"]
+    sab.main(args + ["--steps", "5"])
+    assert sab.main(args + ["--steps", "10", "--resume"])["steps_done"] == 10

@@ -188,3 +188,18 @@ def test_benchmark_says_which_recurrence_ran(capsys):
                  "--threads", "1"])
     out = capsys.readouterr().out
     assert "IndRNN recurrence: loop (IndRNNRecurrence" in out and "| 4 | 5 | IndRNN |" in out
+
+
+def test_the_first_use_check_inside_gradient_checkpointing(interpret):
+    """The first-use check runs inside the first forward. Under torch.utils.checkpoint the
+    recomputation does not run it again, so the check's tensors must not count among the
+    forward's saved tensors (with --grad-checkpoint this failed on an H100: "a different number
+    of tensors was saved during the original forward and recomputation")."""
+    from torch.utils.checkpoint import checkpoint
+    leaves, upstream = _inputs(5, 2, 3)
+    h = checkpoint(lambda *a: indrnn.indrnn_recurrence(*a, impl="triton"), *leaves,
+                   use_reentrant=False)
+    grads = torch.autograd.grad((h * upstream).sum(), leaves)
+    ref = _value_and_grads(indrnn.indrnn_recurrence_reference, leaves, upstream)
+    for a, b in zip([h, *grads], ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
