@@ -607,8 +607,9 @@ class Net(nn.Module):
     def forward(self, x, state=None):
         if x.dtype == torch.long:
             x = F.one_hot(x, self.n_in).float()  # (T, B) -> (T, B, n_in)
-        if self.model == "irnn":  # W_hh = I: float32 under autocast, as the IndRNN recurrence
-            # (bfloat16's spacing near 1 is 2^-7: its copy of W_hh would not see small updates)
+        if self.model == "irnn" and torch.is_autocast_enabled(x.device.type):
+            # W_hh = I: float32 under autocast, as the IndRNN recurrence (bfloat16's spacing
+            # near 1 is 2^-7: its copy of W_hh would not see small updates)
             with torch.autocast(x.device.type, enabled=False):
                 h, state = self.rnn(x.float(), state)  # (T, B, H)
         else:

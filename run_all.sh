@@ -37,7 +37,8 @@ help() {
     sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     echo "tables (--only):" $TABLES
     echo "environment: PYTHON (default python), DATA_DIR (./data), OUT_DIR (./results)," \
-         "EST_MINUTES (0.5), CPU_MINUTES (150)"
+         "EST_MINUTES (0.5), CPU_MINUTES (150), CUDA_VISIBLE_DEVICES (the GPUs to use;" \
+         "default: all that nvidia-smi lists; empty: none)"
     exit 0
 }
 while [ $# -gt 0 ]; do
@@ -61,7 +62,10 @@ if [ -n "$ONLY" ] && ! echo $TABLES | tr ' ' '\n' | grep -qx "$ONLY"; then
     echo "error: --only $ONLY: no such table; choose from:" $TABLES >&2; exit 2
 fi
 
-NGPU=$(nvidia-smi -L 2>/dev/null | grep -c GPU || true)
+# the GPUs: those CUDA_VISIBLE_DEVICES lists if it is set (empty: none), else all nvidia-smi shows
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then GPUS=($(echo "$CUDA_VISIBLE_DEVICES" | tr ',' ' '))
+else GPUS=($(seq 0 $(( $(nvidia-smi -L 2>/dev/null | grep -c GPU || true) - 1 )))); fi
+NGPU=${#GPUS[@]}
 if [ "$QUICK" = 1 ] || [ "$CPU" = 1 ]; then DEVICE_ARGS="--device cpu --threads 1"; SLOTS=$(nproc)
 elif [ "$NGPU" -gt 0 ]; then DEVICE_ARGS="--amp"; SLOTS=$NGPU
 else DEVICE_ARGS=""; SLOTS=1; fi
@@ -105,7 +109,7 @@ run() {
         if [ "$DRY" = 1 ]; then echo "$cmd"; continue; fi
         local log="$OUT/logs/$(basename "$file" .json).log"
         echo "== $(date -u +%FT%TZ) [$table] $cmd  (log: $log)"
-        (   [ "$NGPU" -gt 0 ] && export CUDA_VISIBLE_DEVICES=$((SLOT % NGPU))
+        (   [ "$NGPU" -gt 0 ] && export CUDA_VISIBLE_DEVICES=${GPUS[$((SLOT % NGPU))]}
             $cmd > "$log" 2>&1 || echo "FAILED (see $log): $cmd" >> "$OUT/failed.txt" ) &
         SLOT=$((SLOT + 1)); RUNNING=$((RUNNING + 1))
         if [ "$RUNNING" -ge "$SLOTS" ]; then wait -n; RUNNING=$((RUNNING - 1)); fi

@@ -200,6 +200,7 @@ def test_the_first_use_check_inside_gradient_checkpointing(interpret):
     h = checkpoint(lambda *a: indrnn.indrnn_recurrence(*a, impl="triton"), *leaves,
                    use_reentrant=False)
     grads = torch.autograd.grad((h * upstream).sum(), leaves)
+    assert indrnn._TRITON_OK == {("cpu", True): True}, "the check passed and the kernel ran"
     ref = _value_and_grads(indrnn.indrnn_recurrence_reference, leaves, upstream)
     for a, b in zip([h, *grads], ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -75,7 +75,8 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
         f'echo "$CUDA_VISIBLE_DEVICES $*" >> {tmp_path}/calls\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    env = {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}"}
+    env = {k: v for k, v in ENV.items() if k != "CUDA_VISIBLE_DEVICES"}  # conftest hides GPUs
+    env["PATH"] = f"{bin_dir}:{ENV['PATH']}"
     r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", "--out-dir",
                         str(tmp_path / "r")], capture_output=True, text=True, env=env)
     cmds = [l for l in r.stdout.splitlines() if l.startswith("python ")]
@@ -92,6 +93,19 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
     assert len(runs) == 4 and all("--amp --grad-checkpoint" in c for c in runs)
     assert sorted(c.split()[0] for c in runs) == ["0", "0", "1", "1"]
     assert calls[-1].split()[-2:] == ["table", str(tmp_path / "r")]  # then the tables
+    # CUDA_VISIBLE_DEVICES, when set, chooses the GPUs: "3,5" spreads the runs over those two,
+    # an empty one means no GPU (the CPU commands, without --amp)
+    (tmp_path / "calls").unlink()
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--only", "indrnn-mnist",
+                        "--out-dir", str(tmp_path / "r2")], capture_output=True, text=True,
+                       env={**env, "CUDA_VISIBLE_DEVICES": "3,5"})
+    runs = [c for c in (tmp_path / "calls").read_text().splitlines() if "indrnn.py" in c]
+    assert r.returncode == 0 and sorted(c.split()[0] for c in runs) == ["3", "3", "5", "5"]
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", "--out-dir",
+                        str(tmp_path / "r3")], capture_output=True, text=True,
+                       env={**env, "CUDA_VISIBLE_DEVICES": ""})
+    cmds = [l for l in r.stdout.splitlines() if l.startswith("python ")]
+    assert cmds and not any("--amp" in c or "--grad-checkpoint" in c for c in cmds)
 
 
 def test_cpu_tier_runs_indrnn_fig2_until_the_target_and_baselines_as_many_steps(tmp_path):
