@@ -848,6 +848,8 @@ class Run:
         self.step, self.best, self.history, self.elapsed = 0, None, [], 0.0
         self.saved_step = None      # the step of the last checkpoint on disk (None: none yet)
         self.interrupted = None     # the signal's name once SIGINT / SIGTERM arrived
+        self.diverged = None        # why training stopped on a non-finite value (then finish()
+        #                             tests the best checkpoint, records this and exits with it)
         self._handlers, self.lock_path = {}, None
         Run.preflight(script, args)  # again: the files may have changed since main() called it
         self._lock(folder)
@@ -874,7 +876,7 @@ class Run:
         """True while the loop should take another step (steps and time budget left, and the
         validation metric short of --stop-at where a script has that flag)."""
         return (not self.args.eval_only and self.step < self.args.steps and not self.out_of_time()
-                and not self.reached())
+                and not self.reached() and not self.diverged)
 
     def reached(self):
         """True once the best validation metric reached --stop-at (if the script has it)."""
@@ -887,17 +889,18 @@ class Run:
         return bool(budget) and time.time() - self.t_start > budget * 60
 
     def step_done(self, loss):
-        """Counts an optimizer update. Stops the run (SystemExit, nothing written) if the loss is
-        not finite; writes a checkpoint every --checkpoint-minutes; on SIGINT / SIGTERM writes one
-        and exits with the command that resumes."""
+        """Counts an optimizer update. A loss that is not finite ends training (see _diverged);
+        writes a checkpoint every --checkpoint-minutes; on SIGINT / SIGTERM writes one and exits
+        with the command that resumes."""
         self.step += 1
         value = loss.item()
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         if not math.isfinite(value):
-            self._diverged(f"non-finite loss {value} at step {self.step}")
+            return self._diverged(f"non-finite loss {value} at step {self.step}")
         if self.interrupted:
-            self.save_last()
+            if not self.save_last():
+                return  # diverged: finish() tests the best checkpoint
             cmd = " ".join(["python", self.script] + [a for a in self.argv if a != "--restart"]
                            + ([] if "--resume" in self.argv else ["--resume"]))
             self._fail(f"{self.interrupted}: checkpoint of step {self.step} written to "
@@ -907,16 +910,17 @@ class Run:
 
     def eval_due(self):
         """True at every --eval-every steps, at the last step and when the time budget ends."""
-        return (self.step % self.args.eval_every == 0 or self.step == self.args.steps
-                or self.out_of_time())
+        return not self.diverged and (self.step % self.args.eval_every == 0
+                                      or self.step == self.args.steps or self.out_of_time())
 
     def log(self, val, **fields):
         """Records an evaluation (`val`: the metrics of evaluate(); `fields`: anything else for
         the run history), writes the best and last checkpoints, prints one line."""
         value = val[self.metric]
         if not math.isfinite(value):
-            self._diverged(f"non-finite {self.metric} {value} at step {self.step}")
-        self._check_finite()  # before either checkpoint is written
+            return self._diverged(f"non-finite {self.metric} {value} at step {self.step}")
+        if not self._check_finite():  # before either checkpoint is written
+            return
         self.elapsed = time.time() - self.t_start
         self.history.append(dict(step=self.step, seconds=round(self.elapsed, 1), **fields, **val))
         if self.best is None or (value > self.best if self.larger_is_better else value < self.best):
@@ -935,13 +939,17 @@ class Run:
             self.bar.write(f"--stop-at {self.args.stop_at} reached at step {self.step}")
 
     def save_last(self):
-        """Writes the last-state checkpoint (refused with SystemExit if a weight is not finite)."""
-        self._check_finite()
+        """Writes the last-state checkpoint; False (and nothing written) if a weight is not
+        finite."""
+        if not self._check_finite():
+            return False
         self._write_last()
+        return True
 
     def finish(self, evaluate, paper, **fields):
         """Tests the model of the best validation checkpoint and writes the results record.
-        evaluate(split, limit) -> metrics dict. Returns the record (also written as JSON)."""
+        evaluate(split, limit) -> metrics dict. Returns the record (also written as JSON). After
+        a divergence the record says so (`diverged`) and the run then exits with the error."""
         self.bar.close()
         ck = self._read(self.best_path)
         self.model.load_state_dict(ck["model"])
@@ -957,7 +965,8 @@ class Run:
             wall_seconds=self.elapsed, test_seconds=test_seconds,
             peak_memory_mb=peak_memory_mb(self.device), device=str(self.device),
             hardware=hardware(self.device), torch=torch.__version__, git_commit=git_commit(),
-            command=" ".join(["python", self.script] + self.argv), **fields)
+            command=" ".join(["python", self.script] + self.argv), **fields,
+            **({"diverged": self.diverged} if self.diverged else {}))
         test_T = args.test_seq_len or args.seq_len
         suffix = f"-test{test_T}" if test_T != args.seq_len else ""
         print(f"== test at best validation step {ck['step']}: "
@@ -972,6 +981,8 @@ class Run:
             self._fail(f"could not write {path} ({e.strerror}); the test above is this run's; "
                        f"once there is space, the same command with --eval-only writes it")
         print(f"== wrote {path}")
+        if self.diverged:
+            self._diverged(self.diverged, final=True)
         self.close()
         return record
 
@@ -1002,9 +1013,22 @@ class Run:
         step = self.saved_step
         return "none yet" if step is None else f"{self.last_path} (step {step})"
 
-    def _diverged(self, why):
+    def _diverged(self, why, final=False):
+        """A non-finite loss, metric or weight: training stops and nothing of this state is
+        saved. Without a best checkpoint the run ends here (SystemExit). With one, training()
+        turns False and finish() tests that checkpoint, writes the results record with
+        `diverged` (a baseline that diverges has a result: its best model and where it broke)
+        and calls this again (final) to exit with the error."""
+        if self.diverged is None and not final:
+            self.diverged = why
+            self.elapsed = time.time() - self.t_start
+            if self.best is not None and os.path.exists(self.best_path):
+                self.bar.write(f"{why}: the run diverged; testing its best validation checkpoint")
+                return
         self._fail(f"{why}: the run diverged and stops; nothing of this state is saved. The "
-                   f"checkpoint on disk: {self._on_disk()}")
+                   f"checkpoint on disk: {self._on_disk()}"
+                   + ("; the results file records the test of the best validation checkpoint"
+                      if final else ""))
 
     def _fail(self, message, code=1):
         self.close()  # the progress bar ends before the message
@@ -1014,9 +1038,13 @@ class Run:
         raise SystemExit(f"error: {message}")
 
     def _check_finite(self):
-        if not all(torch.isfinite(p).all() for p in self.model.state_dict().values()
-                   if p.is_floating_point()):
-            self._diverged(f"non-finite weights at step {self.step}")
+        """True if every weight is finite; else _diverged (which returns only if there is a
+        best checkpoint to test) and False."""
+        if all(torch.isfinite(p).all() for p in self.model.state_dict().values()
+               if p.is_floating_point()):
+            return True
+        self._diverged(f"non-finite weights at step {self.step}")
+        return False
 
     def _write_last(self):
         self.elapsed = time.time() - self.t_start
@@ -1256,6 +1284,8 @@ def _cell(row, group):
     mean, std, lo, hi = mean_std_range(values)
     ours = f"{mean:.{d}f}" + (f" ± {std:.{d}f} (range {lo:.{d}f} – {hi:.{d}f})"
                               if len(values) > 1 else "")
+    ours += "".join(f" (diverged: {r['diverged']}; best checkpoint tested)" for r in group
+                    if r.get("diverged"))
     kind = _scale(group[0])
     lengths = "/".join(sorted({str(r["config"].get("seq_len")) for r in group}))
     budgets = "/".join(sorted({f"{r['config']['time_budget']:g}" for r in group

@@ -188,10 +188,32 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         calls.append(1)
         return (loss * float("nan") if len(calls) > 7 else loss), stats
     monkeypatch.setattr(tasks, "loss_and_stats", nan_after_7)
-    with pytest.raises(SystemExit, match="non-finite loss"):
+    with pytest.raises(SystemExit, match="non-finite loss nan at step 6: the run diverged.*"
+                                         "results file records the test of the best"):
         _run(tmp_path, "--steps", "20")
     ck = torch.load(tmp_path / "ckpt" / "sab-copy-sab-T4.pt", weights_only=False)
     assert ck["step"] == 5 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    # a run that diverges has a result: its best checkpoint, tested, and where it broke
+    with open(tmp_path / "sab-copy-sab-T4.json") as f:
+        record = json.load(f)
+    assert record["diverged"] == "non-finite loss nan at step 6"
+    assert record["best_step"] == 5 and record["steps_done"] == 6
+    assert all(math.isfinite(v) for v in record["metrics"].values())
+    row = dict(label="SAB", paper="100", metric="test_acc")
+    assert "(diverged: non-finite loss nan at step 6; best checkpoint tested)" in \
+        tasks._cell(row, [record])
+
+
+def test_divergence_before_the_first_evaluation_writes_no_results(tmp_path, monkeypatch):
+    real = tasks.loss_and_stats
+    monkeypatch.setattr(tasks, "loss_and_stats",
+                        lambda kind, out, y, stats=True: (real(kind, out, y, stats)[0] * float("nan"),
+                                                          None))
+    with pytest.raises(SystemExit, match=r"non-finite loss nan at step 1: the run diverged and "
+                                         r"stops; nothing of this state is saved. The checkpoint "
+                                         r"on disk: none yet$"):
+        _run(tmp_path, "--steps", "20")
+    assert not (tmp_path / "sab-copy-sab-T4.json").exists()
 
 
 def test_short_copy_run_learns_well_below_the_trivial_baseline(tmp_path):
