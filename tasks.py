@@ -981,7 +981,7 @@ class Run:
             self._fail(f"could not write {path} ({e.strerror}); the test above is this run's; "
                        f"once there is space, the same command with --eval-only writes it")
         print(f"== wrote {path}")
-        if self.diverged:
+        if self.diverged and not args.eval_only:
             self._diverged(self.diverged, final=True)
         self.close()
         return record
@@ -1019,10 +1019,12 @@ class Run:
         turns False and finish() tests that checkpoint, writes the results record with
         `diverged` (a baseline that diverges has a result: its best model and where it broke)
         and calls this again (final) to exit with the error."""
-        if self.diverged is None and not final:
+        if self.diverged is None and not final and not self.interrupted:
             self.diverged = why
             self.elapsed = time.time() - self.t_start
             if self.best is not None and os.path.exists(self.best_path):
+                if os.path.exists(self.last_path):  # so that --resume / --eval-only know it
+                    self._save(self.last_path, {**self._read(self.last_path), "diverged": why})
                 self.bar.write(f"{why}: the run diverged; testing its best validation checkpoint")
                 return
         self._fail(f"{why}: the run diverged and stops; nothing of this state is saved. The "
@@ -1101,6 +1103,7 @@ class Run:
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
         self.step, self.best, self.history = ck["step"], ck["best"], ck["history"]
         self.elapsed, self.extra = ck["elapsed"], ck.get("extra", {})
+        self.diverged = ck.get("diverged")  # then --resume only tests the best checkpoint
         self.saved_step = self.step
 
     def _lock(self, folder):
@@ -1170,6 +1173,7 @@ def format_table(records):
         c, metric = r["config"], r["metric"]
         ours = r["metrics"].get(metric)
         ours = "n/a" if ours is None else f"{ours:.2f}" if metric.endswith("acc") else f"{ours:.4f}"
+        ours += " (diverged)" if r.get("diverged") else ""
         rows.append(
             f"| {r['script']} | {c['task']} | {c['model']} | {c.get('seq_len')} | "
             f"{c.get('test_seq_len') or c.get('seq_len')} | {metric} | {r['paper']} | {ours} | "
@@ -1185,7 +1189,8 @@ def seeds_table(records):
             "hardware |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["config"].get("threads") or 0, r["config"]["seed"])):
         rows.append(f"| {r['config']['seed']} | {r['config'].get('threads') or 'default'} | "
-                    f"{r['metric']} | {r['metrics'][r['metric']]:.2f} | {r.get('best_step', '')} | "
+                    f"{r['metric']} | {r['metrics'][r['metric']]:.2f}"
+                    f"{' (diverged)' if r.get('diverged') else ''} | {r.get('best_step', '')} | "
                     f"{r['steps_done']} | {r['wall_seconds'] / 60:.1f} min | {r['hardware']} |")
     mean, std, lo, hi = mean_std_range([r["metrics"][r["metric"]] for r in records])
     rows.append(f"\n{len(records)} runs: **{mean:.2f} ± {std:.2f}** (mean ± std), range "

@@ -1,5 +1,6 @@
 """indrnn.py: the recurrence Function, independence, the constraint, shapes, learning, NTU, CLI."""
 import inspect
+import json
 import math
 import os
 import re
@@ -272,6 +273,12 @@ def test_stop_at_ends_training_and_steps_like_gives_a_baseline_as_many_steps(tmp
         indrnn.parse_args([*tiny, "--tag", "other", "--model", "irnn", "--steps-like", "indrnn",
                            "--out-dir", str(tmp_path)])
     assert "--steps-like indrnn: no finished run" in capsys.readouterr().err
+    path = tmp_path / "indrnn-adding-indrnn-fig2.json"  # a diverged IndRNN run sets no target
+    path.write_text(json.dumps({**stopped, "diverged": "non-finite loss inf at step 5"}))
+    with pytest.raises(SystemExit):
+        indrnn.parse_args([*tiny, "--model", "irnn", "--steps-like", "indrnn", "--out-dir",
+                           str(tmp_path)])
+    assert "that run diverged (non-finite loss inf at step 5)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("quick", [[], ["--quick"]])

@@ -202,6 +202,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     row = dict(label="SAB", paper="100", metric="test_acc")
     assert "(diverged: non-finite loss nan at step 6; best checkpoint tested)" in \
         tasks._cell(row, [record])
+    assert "(diverged)" in tasks.format_table([record])
+    assert "(diverged)" in tasks.seeds_table([record])
+    # the checkpoint remembers: --eval-only keeps the flag (and succeeds), --resume only tests
+    monkeypatch.setattr(tasks, "loss_and_stats", real)
+    assert _run(tmp_path, "--steps", "20", "--eval-only")["diverged"] == record["diverged"]
+    with pytest.raises(SystemExit, match="at step 6: the run diverged"):
+        _run(tmp_path, "--steps", "20", "--resume")
+    with open(tmp_path / "sab-copy-sab-T4.json") as f:
+        assert json.load(f)["steps_done"] == 5  # the checkpoint's step: nothing trained
 
 
 def test_divergence_before_the_first_evaluation_writes_no_results(tmp_path, monkeypatch):
