@@ -963,14 +963,14 @@ def parse_args(argv=None):
         path = os.path.join(args.out_dir, other[0] + ".json")
         try:
             with open(path) as f:
-                other = json.load(f)
-            args.steps = other["steps_done"]
+                record = json.load(f)
+            args.steps = record["steps_done"]
         except (OSError, ValueError, KeyError) as e:
             p.error(f"--steps-like {args.steps_like}: no finished run in {path} "
                     f"({type(e).__name__}); run --model {args.steps_like} with --tag {args.tag} "
                     f"first")
-        if other.get("diverged"):
-            p.error(f"--steps-like {args.steps_like}: that run diverged ({other['diverged']}), "
+        if record.get("diverged"):
+            p.error(f"--steps-like {args.steps_like}: that run diverged ({record['diverged']}), "
                     f"so its step count is no target; give --steps")
     return args
 

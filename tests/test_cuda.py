@@ -12,16 +12,11 @@ import torch
 
 import indrnn
 import sab
+from test_indrnn_triton import _value_and_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device and RNN_TEST_CUDA=1")
-
-
-def _value_and_grads(fn, leaves, upstream):
-    leaves = [t.detach().clone().requires_grad_() for t in leaves]
-    h = fn(*leaves)
-    return [h, *torch.autograd.grad((h * upstream).sum(), leaves)]
 
 
 @pytest.mark.parametrize("T, B, H, h0_zero", [(1, 1, 1, False), (7, 3, 67, False),
@@ -36,6 +31,7 @@ def test_triton_kernel_matches_the_loop_on_cuda(T, B, H, h0_zero):
     u = (torch.rand(H, **kw) * 2 - 1) * cap
     h0 = torch.zeros(B, H, device="cuda", dtype=torch.float64) if h0_zero else \
         torch.rand(B, H, **kw)
+    pre, u, h0 = (t.requires_grad_() for t in (pre, u, h0))
     fast = _value_and_grads(lambda *a: indrnn.indrnn_recurrence(*a, impl="triton"),
                             [pre, u, h0], upstream)
     loop = _value_and_grads(lambda *a: indrnn.indrnn_recurrence(*a, impl="loop"),

@@ -215,9 +215,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_divergence_before_the_first_evaluation_writes_no_results(tmp_path, monkeypatch):
     real = tasks.loss_and_stats
-    monkeypatch.setattr(tasks, "loss_and_stats",
-                        lambda kind, out, y, stats=True: (real(kind, out, y, stats)[0] * float("nan"),
-                                                          None))
+    def nan_loss(kind, out, y, stats=True):
+        return real(kind, out, y, stats)[0] * float("nan"), None
+    monkeypatch.setattr(tasks, "loss_and_stats", nan_loss)
     with pytest.raises(SystemExit, match=r"non-finite loss nan at step 1: the run diverged and "
                                          r"stops; nothing of this state is saved. The checkpoint "
                                          r"on disk: none yet$"):
