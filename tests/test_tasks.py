@@ -377,3 +377,27 @@ def test_help_has_text_for_every_flag_and_no_none_defaults(script, capsys):
         flag = line.split()[0]
         after = text.split(line, 1)[1].split("\n  --", 1)[0]
         assert len(line.split()) > 2 or after.strip(), f"{script}: {flag} has no help"
+
+
+def test_benchmark_times_only_calls_without_the_memory_hook(monkeypatch):
+    """The saved-tensor hook that measures memory on CPU costs Python time per saved tensor, so
+    the timed calls must run without it."""
+    calls = []
+    real = torch.autograd.graph.saved_tensors_hooks
+
+    class Spy(real):  # marks the calls made inside the benchmark's memory hook
+        def __enter__(self):
+            calls.append("hook on")
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            calls.append("hook off")
+            return super().__exit__(*exc)
+
+    monkeypatch.setattr(torch.autograd.graph, "saved_tensors_hooks", Spy)
+    ticks = []
+    monkeypatch.setattr(tasks.time, "perf_counter", lambda: ticks.append(len(calls)) or 0.0)
+    sec, mem = tasks.benchmark(lambda: calls.append("step"), torch.device("cpu"), repeats=2)
+    timed = calls[ticks[0]:ticks[1]]
+    assert timed == ["step", "step"], calls
+    assert "hook on" in calls[:ticks[0]], "memory is measured before the timing starts"
