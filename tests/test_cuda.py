@@ -12,6 +12,7 @@ import torch
 
 import indrnn
 import sab
+from test_indrnn import irnn_dtypes_under_autocast
 from test_indrnn_triton import _value_and_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,11 +57,7 @@ def test_sab_trains_under_bf16_autocast(attention):
 
 
 def test_irnn_recurrence_runs_in_float32_under_autocast():
-    net = indrnn.Net("irnn", 2, 1, 16, 1, per_step=False).cuda()
-    seen = []
-    net.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        net(torch.rand(50, 4, 2, device="cuda"))
+    seen, _ = irnn_dtypes_under_autocast("cuda")
     assert seen == [torch.float32]
 
 

@@ -389,11 +389,18 @@ def test_model_classes_work_when_copied_out_under_the_standard_imports(name):
         assert all(torch.equal(a, b) for a, b in zip(copied, original)), config
 
 
-def test_irnn_recurrence_runs_in_float32_under_autocast():
-    """The IRNN's W_hh = I runs in float32 under autocast (bfloat16 rounds 1 + small to 1)."""
-    net = indrnn.Net("irnn", 2, 1, 16, 1, per_step=False)
+def irnn_dtypes_under_autocast(device):
+    """A small IRNN network under bfloat16 autocast on `device`: ([the dtype of its recurrence's
+    output], the dtype of the network's output). Also used by test_cuda.py."""
+    net = indrnn.Net("irnn", 2, 1, 16, 1, per_step=False).to(device)
     seen = []
     net.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = net(torch.rand(50, 4, 2))
-    assert seen == [torch.float32] and out.dtype == torch.bfloat16  # the head still autocasts
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out, _ = net(torch.rand(50, 4, 2, device=device))
+    return seen, out.dtype
+
+
+def test_irnn_recurrence_runs_in_float32_under_autocast():
+    """The IRNN's W_hh = I runs in float32 under autocast (bfloat16 rounds 1 + small to 1)."""
+    seen, out_dtype = irnn_dtypes_under_autocast("cpu")
+    assert seen == [torch.float32] and out_dtype == torch.bfloat16  # the head still autocasts
