@@ -1173,7 +1173,7 @@ def format_table(records):
                                             T(r["config"]))):
         c, metric = r["config"], r["metric"]
         ours = r["metrics"].get(metric)
-        ours = "n/a" if ours is None else f"{ours:.2f}" if metric.endswith("acc") else f"{ours:.4f}"
+        ours = "n/a" if ours is None else f"{ours:.{_digits(metric)}f}"
         ours += " (diverged)" if r.get("diverged") else ""
         rows.append(
             f"| {r['script']} | {c['task']} | {c['model']} | {c.get('seq_len')} | "
@@ -1183,19 +1183,25 @@ def format_table(records):
     return "\n".join(rows)
 
 
+def _digits(metric):
+    """Decimals a table gives a metric: 2 for accuracy (%), 4 for MSE, BPC and losses."""
+    return 2 if metric.endswith("acc") else 4
+
+
 def seeds_table(records):
     """Markdown: one line per run of one configuration (seed, threads, test metric, steps,
     training time, hardware), then the mean ± std and the range over all runs."""
     rows = ["| seed | threads | test metric | value | best step | steps | training time | "
             "hardware |", "|---|---|---|---|---|---|---|---|"]
+    d = _digits(records[0]["metric"])
     for r in sorted(records, key=lambda r: (r["config"].get("threads") or 0, r["config"]["seed"])):
         rows.append(f"| {r['config']['seed']} | {r['config'].get('threads') or 'default'} | "
-                    f"{r['metric']} | {r['metrics'][r['metric']]:.2f}"
+                    f"{r['metric']} | {r['metrics'][r['metric']]:.{d}f}"
                     f"{' (diverged)' if r.get('diverged') else ''} | {r.get('best_step', '')} | "
                     f"{r['steps_done']} | {r['wall_seconds'] / 60:.1f} min | {r['hardware']} |")
     mean, std, lo, hi = mean_std_range([r["metrics"][r["metric"]] for r in records])
-    rows.append(f"\n{len(records)} runs: **{mean:.2f} ± {std:.2f}** (mean ± std), range "
-                f"{lo:.2f} – {hi:.2f}.")
+    rows.append(f"\n{len(records)} runs: **{mean:.{d}f} ± {std:.{d}f}** (mean ± std), range "
+                f"{lo:.{d}f} – {hi:.{d}f}.")
     return "\n".join(rows)
 
 
@@ -1286,7 +1292,7 @@ def _failure(row, failures):
 def _cell(row, group):
     """One line of a paper table: the runs of `row` at one scale."""
     values = [r["metrics"][row["metric"]] for r in group]
-    d = 2 if row["metric"].endswith("acc") else 4
+    d = _digits(row["metric"])
     mean, std, lo, hi = mean_std_range(values)
     ours = f"{mean:.{d}f}" + (f" ± {std:.{d}f} (range {lo:.{d}f} – {hi:.{d}f})"
                               if len(values) > 1 else "")

@@ -281,6 +281,10 @@ def test_seeds_table_gives_every_run_and_mean_std_range():
         [" 1 ", " 2 ", " test_acc ", " 40.00 "]]
     assert lines[-1] == "3 runs: **70.00 ± 30.00** (mean ± std), range 40.00 – 100.00."
     assert tasks.mean_std_range([5.0]) == (5.0, 0.0, 5.0, 5.0)
+    # MSE and BPC get four decimals, as in the other tables (0.02 and 0.16 MSE once looked alike)
+    mse = tasks.seeds_table([{**rec(0, 1, 0.0), "metric": "test_mse",
+                              "metrics": dict(test_mse=0.02191)}])
+    assert "| 0.0219 |" in mse and "**0.0219 ± 0.0000**" in mse
 
 
 def test_cpu_tier_runs_get_their_own_line_with_their_budget():
