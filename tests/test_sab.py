@@ -275,7 +275,7 @@ def test_transfer_evaluation_at_a_longer_test_seq_len(tmp_path):
     assert "test T=9" in saved["task"]
 
 
-def test_benchmark_prints_sab_and_both_baselines_in_one_run(capsys):
+def test_benchmark_prints_sab_and_both_baselines_in_one_run(capsys, monkeypatch):
     sab.main(["--benchmark", "--seq-len", "6", "--batch-size", "2", "--hidden-size", "8",
               "--k-top", "2"])
     out = capsys.readouterr().out
@@ -283,9 +283,15 @@ def test_benchmark_prints_sab_and_both_baselines_in_one_run(capsys):
     assert set(rows) == {"sab (SAB class)", "LSTMCell loop", "nn.LSTM"}
     assert rows["LSTMCell loop"][4].strip() == "1.00x" and rows["nn.LSTM"][7].strip() == "1.00x"
     assert float(rows["sab (SAB class)"][6]) >= 0  # the memory bank column
-    # the bank lives outside autograd, so the benchmark adds it: values, keys and gradient buffer
-    model = sab.SAB(10, 8, k_top=2, k_att=2)
-    assert sab.bank_mib(model, T=6, B=2) == 2 * 4 * (8 + 4 + 8) * 4 / 2**20
+    # the bank lives outside autograd, so the benchmark adds it: every tensor it holds after a
+    # forward and backward (values, keys, scoring buffer, gradients)
+    model, banks, write = sab.SAB(10, 8, k_top=2, k_att=2), [], sab.MemoryBank.write
+    monkeypatch.setattr(sab.MemoryBank, "write",
+                        lambda bank, *a: banks.append(bank) or write(bank, *a))
+    model(torch.randn(6, 2, 10))[0].sum().backward()
+    nbytes = sum(t.untyped_storage().nbytes() for t in (banks[0].mem, banks[0].keys,
+                                                        banks[0].buffer, *banks[0].grads))
+    assert sab.bank_mib(model, T=6, B=2) == nbytes / 2**20
     assert sab.bank_mib(sab.SAB(10, 8, attention="dense"), 6, 2) == 0  # its graph is counted
 
 
@@ -342,6 +348,24 @@ def dense_reference(model, x):
             memories.append((t, h))
         outputs.append(h)
     return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_bank_scores_are_the_papers_mlp_scores(dtype):
+    """score_all computes v . tanh(k + q) as 2 v . sigmoid(2 (k + q)) - sum(v); the same number
+    (float64: to rounding), and in float32 even when the bank holds bfloat16 (autocast)."""
+    torch.manual_seed(0)
+    B, H, A, n = 3, 8, 5, 7
+    bank, token = sab.MemoryBank(slots=10), None
+    mem, keys = torch.randn(B, n, H).to(dtype), (3 * torch.randn(B, n, A)).to(dtype)
+    for j in range(n):
+        token = bank.write(j, mem[:, j], keys[:, j], token)
+    query, v = torch.randn(B, A, dtype=torch.float64), torch.randn(A, dtype=torch.float64)
+    got = bank.score_all(query, v, n)
+    want = torch.tanh(keys.double() + query[:, None]) @ v
+    assert got.dtype == torch.promote_types(dtype, torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("k_trunc,h0_memory,detach_keys,min_age", [
