@@ -1,8 +1,8 @@
 """Sparse Attentive Backtracking (Ke et al., NeurIPS 2018, arXiv 1809.03702), one file.
 
-    python sab.py --task copy --quick              # CPU, about 4 minutes: SAB learns copy T=10
-                                                   # (99.86 +- 0.25% over seeds 0-4 x 1, 2 threads,
-                                                   # range 99.34-100; docs/sab.md)
+    python sab.py --task copy --quick              # CPU, about 6 minutes: SAB learns copy T=10
+                                                   # (99.07 +- 2.26% over 10 runs, seeds 0-4 x 1, 2
+                                                   # threads, range 92.84-100.00; docs/sab.md)
     python sab.py --task copy --model tbptt        # the paper's baseline, T=100
     python sab.py --task copy --eval-only --test-seq-len 400   # Table 5 transfer test
     python sab.py --benchmark                      # speed and memory against nn.LSTM
