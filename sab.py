@@ -239,17 +239,16 @@ class SAB(nn.Module):
             self.watch(t, w.detach(), index, n)
         return summary
 
-    def attend(self, query, mem, keys=None, k_top=None):
+    def attend(self, query, mem, keys, k_top=None):
         """The attention read of section 3 over given memories.
 
         s_j = v . tanh(W_q h^(t) + b + W_k m_j), a = sparsify(s, k_top), read = sum_j a_j m_j.
-        Args: query (B, A) = W_q h^(t) + b; mem (B, M, H); keys (B, M, A) = W_k m_j if already
-            computed; k_top (default self.k_top; >= M gives a softmax over all M).
+        Args: query (B, A) = W_q h^(t) + b; mem (B, M, H); keys (B, M, A) = W_k m_j, computed
+            once per memory by `_write`; k_top (default self.k_top; >= M gives a softmax over
+            all M).
         Returns: read (B, H), weights (B, M), zero outside the k_top kept.
         """
         k_top = k_top or self.k_top
-        if keys is None:  # detach_keys: a memory gets gradient through its value only
-            keys = self.key(mem.detach() if self.detach_keys else mem)           # (B, M, A)
         s = self.score(torch.tanh(keys + query[:, None])).squeeze(2)             # (B, M)
         if s.shape[1] == k_top + 1:  # sparsify of exactly k_top+1 scores: subtract the lowest
             w = F.relu(s - s.min(dim=1, keepdim=True).values)                    # (B, M)
@@ -627,9 +626,9 @@ class LSTMCellLoop(nn.Module):
 
 
 def bank_mib(model, T, B, dtype=torch.float32):
-    """Memory of SAB's MemoryBank for a batch of B sequences of T steps: values and keys
-    (B, slots, H + A) and, during backward, their gradient (B, slots, H + A) in float32, and the
-    scoring buffer (B, slots, A); 0 if it keeps none."""
+    """Memory of SAB's MemoryBank for a batch of B sequences of T steps: values (B, slots, H) and
+    keys (B, slots, A) in `dtype`, their gradients in float32 (allocated by the first backward),
+    and the float32 scoring buffer (B, slots, A); 0 if it keeps none."""
     if not isinstance(model, SAB) or model.attention != "sparse" or not model.attends:
         return 0.0
     slots, H, A = T // model.k_att + 1, model.hidden_size, model.key.out_features
