@@ -72,9 +72,9 @@ class SAB(nn.Module):
     selected it, and from there through that state's own local window ("sparse replay").
 
     Sparse replay is implemented so that memory stays LSTM-sized: every memory is scored without
-    autograd (a `MemoryBank` keeps values and keys outside the graph), then only the k_top+1 best
-    (the k_top kept and the one subtracted) are read into the graph, values and keys, and scored
-    again there; only those scores ever receive gradient from the sparsifier. A key W_k m_i is
+    autograd (a `MemoryBank` keeps values and keys outside the graph), and the backward of a read
+    (`_SparseRead`) recomputes only the k_top+1 selected scores (the k_top kept and the one
+    subtracted), the only ones that receive gradient from the sparsifier. A key W_k m_i is
     computed once, when its memory is written, and the gradient of its reads reaches W_k (and m_i,
     with detach_keys=False) through that write. Gradients equal those of the plain dense
     implementation (every score in the graph; tested in float64).
@@ -90,7 +90,7 @@ class SAB(nn.Module):
     attention="dense" replaces the sparsifier by a softmax over every memory, all in the graph
     ("LSTM + full self-attention", the paper's baseline; its memory grows as O(T^2 / k_att)).
 
-    Copy with it: `sparsify`, `MemoryBank`, `_Write`, `_Read` (torch imports only).
+    Copy with it: `sparsify`, `MemoryBank`, `_Write`, `_SparseRead` (torch imports only).
 
     Args:
         input_size: features D of the input.
@@ -225,68 +225,58 @@ class SAB(nn.Module):
                 w = torch.softmax(bank.score_all(query, self.score.weight[0], n), dim=1)  # (B, n)
                 summary = torch.bmm(w[:, None].to(bank.mem.dtype), bank.mem[:, :n]).squeeze(1)
             else:  # (B, M, .) graph tensors of every memory written: the n oldest
-                summary, w = self.attend(query, memory[0][:, :n], memory[1][:, :n], k_top=n)
+                summary, w = self.attend(query, memory[0][:, :n], memory[1][:, :n])
             index = torch.arange(n, device=w.device).expand_as(w)
-        else:
+        else:  # every score outside the graph; the k_top+1 selected recomputed in backward
             bank, token = memory
-            with torch.no_grad():  # score every memory outside the graph, keep the k_top+1 best
-                scores = bank.score_all(query, self.score.weight[0], n)         # (B, n)
-                k1 = min(self.k_top + 1, n)
-                index = scores.topk(k1, dim=1, sorted=False).indices            # (B, K1)
-            picked, keys = _Read.apply(token, index, bank)             # (B, K1, H), (B, K1, A)
-            summary, w = self.attend(query, picked, keys)  # the K1 scores again, in the graph
+            summary, w, index = _SparseRead.apply(token, query, self.score.weight[0], bank, n,
+                                                  self.k_top, self.norm_eps)
         if self.watch is not None:
             self.watch(t, w.detach(), index, n)
         return summary
 
-    def attend(self, query, mem, keys, k_top=None):
-        """The attention read of section 3 over given memories.
-
-        s_j = v . tanh(W_q h^(t) + b + W_k m_j), a = sparsify(s, k_top), read = sum_j a_j m_j.
+    def attend(self, query, mem, keys):
+        """The dense attention read of the `attn` baseline, in the graph: s_j = v . tanh(W_q h^(t)
+        + b + W_k m_j), a = softmax(s), read = sum_j a_j m_j.
         Args: query (B, A) = W_q h^(t) + b; mem (B, M, H); keys (B, M, A) = W_k m_j, computed
-            once per memory by `_write`; k_top (default self.k_top; >= M gives a softmax over
-            all M).
-        Returns: read (B, H), weights (B, M), zero outside the k_top kept.
+            once per memory by `_write`.
+        Returns: read (B, H), weights (B, M).
         """
-        k_top = k_top or self.k_top
         s = self.score(torch.tanh(keys + query[:, None])).squeeze(2)             # (B, M)
-        if s.shape[1] == k_top + 1:  # sparsify of exactly k_top+1 scores: subtract the lowest
-            w = F.relu(s - s.min(dim=1, keepdim=True).values)                    # (B, M)
-            w = w / (w.sum(dim=1, keepdim=True) + self.norm_eps)
-        else:
-            w, j = sparsify(s, k_top, self.norm_eps)                             # (B, K)
-            w = torch.zeros_like(s, dtype=w.dtype).scatter(1, j, w)  # (B, M); softmax: float32
+        w = torch.softmax(s, dim=1, dtype=torch.float32)                         # (B, M)
         return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1), w            # (B, H)
 
 
 class MemoryBank:
     """The memories of one SAB forward pass, stored outside the autograd graph (sparse replay).
 
-    mem (B, slots, H) holds the memories m_j, keys (B, slots, A) their keys W_k m_j.
-    `score_all` works in a buffer of keys' size allocated once: a fresh temporary of growing size
-    at every step fragments the heap (3x slower on CPU, and unbounded memory at T = 5000).
-    Gradient reaches a memory and its key only through `_Read`, and only for the rows that read
-    it: its backward adds into grads (B, slots, H) and (B, slots, A), and `_Write`'s backward
-    hands slot j's sums to the h(t) and the key written there (so W_k gets its gradient once per
-    memory, not once per read). A token (a () tensor returned by each write) threads through every
-    write and read, so that autograd runs a write's backward only after the backward of every
-    read that came after it. The caller keeps the token, not the bank: a bank holding it would
-    make a reference cycle through the autograd graph (bank -> token -> _Write node -> bank), and
-    Python would keep every step's graph alive.
+    mem (B, slots, H) holds the memories m_j, keys (B, slots, A) their keys W_k m_j (contiguous:
+    `score_all` reads them at every step). `score_all` works in a buffer of keys' size allocated
+    once: a fresh temporary of growing size at every step fragments the heap (3x slower on CPU,
+    and unbounded memory at T = 5000). Gradient reaches a memory and its key only through
+    `_SparseRead`, and only for the rows that read it: its backward adds into grads (B, slots, H)
+    and (B, slots, A), and `_Write`'s backward hands slot j's sums to the h(t) and the key written
+    there (so W_k gets its gradient once per memory, not once per read). A token (a () tensor
+    returned by each write) threads through every write and read, so that autograd runs a write's
+    backward only after the backward of every read that came after it. The caller keeps the
+    token, not the bank: a bank holding it would make a reference cycle through the autograd graph
+    (bank -> token -> _Write node -> bank), and Python would keep every step's graph alive.
     """
 
     def __init__(self, slots):
         self.slots = slots
-        self.mem = self.keys = self.buffer = self.grads = None
+        self.mem = self.keys = self.buffer = self.grads = self.rows = None
 
     def write(self, slot, h, key, token):
         """Stores h (B, H) and its key (B, A) in `slot`; returns the new token."""
         if self.mem is None:
-            self.mem = h.new_empty(h.shape[0], self.slots, h.shape[1])
-            self.keys = key.new_empty(key.shape[0], self.slots, key.shape[1])
+            B = h.shape[0]
+            self.mem = h.new_empty(B, self.slots, h.shape[1])
+            self.keys = key.new_empty(B, self.slots, key.shape[1])
             # scores in float32 even under autocast: they choose the memories read
             self.buffer = torch.empty_like(self.keys, dtype=torch.promote_types(
                 key.dtype, torch.float32)).view(-1)
+            self.rows = torch.arange(B, device=h.device)[:, None] * self.slots  # (B, 1)
         return _Write.apply(token, h, key, self, slot)
 
     def score_all(self, query, v, n):
@@ -304,18 +294,16 @@ class MemoryBank:
         v = v.to(z.dtype)
         return (z.sigmoid_() @ v).mul_(2).sub_(v.sum())
 
-    def gather(self, index):
-        """mem and keys at `index` (B, K) long: (B, K, H) and (B, K, A), copies."""
-        flat = self._flat(index)
-        return tuple(x.view(-1, x.shape[2]).index_select(0, flat).view(*index.shape, -1)
-                     for x in (self.mem, self.keys))
+    def pick(self, x, index):
+        """x (B, slots, D), mem or keys, at index (B, K) long: (B, K, D), a copy (an index_select
+        of rows, which saves nothing for backward, unlike gather)."""
+        return x.view(-1, x.shape[2]).index_select(0, self._flat(index)).view(*index.shape, -1)
 
-    def _flat(self, index):  # (B, K) slots -> (B*K,) rows of mem.view(B * slots, H)
-        rows = torch.arange(index.shape[0], device=index.device)[:, None] * self.slots
-        return (rows + index).view(-1)
+    def _flat(self, index):  # (B, K) slots -> (B*K,) rows of x.view(B * slots, D)
+        return (self.rows + index).view(-1)
 
     def add_grad(self, index, grad_mem, grad_keys):
-        """Gradients (B, K, H) and (B, K, A) of the memories and keys at index (B, K), summed
+        """Sums the gradients (B, K, H) and (B, K, A) of the memories and keys at index (B, K)
         into self.grads (at least float32, so that many small bf16 / fp16 gradients add up
         without rounding away)."""
         if self.grads is None:
@@ -324,9 +312,8 @@ class MemoryBank:
                                for x in (self.mem, self.keys))
         flat = self._flat(index)
         for total, g in zip(self.grads, (grad_mem, grad_keys)):
-            if g is not None:  # total (B, slots, D) as rows (B*slots, D); g (B, K, D) as (B*K, D)
-                g = g.reshape(-1, g.shape[2]).to(total.dtype)
-                total.view(-1, g.shape[1]).index_add_(0, flat, g)
+            # total (B, slots, D) as rows (B*slots, D); g (B, K, D) as (B*K, D)
+            total.view(-1, g.shape[2]).index_add_(0, flat, g.reshape(-1, g.shape[2]).to(total.dtype))
 
 
 class _Write(torch.autograd.Function):
@@ -352,21 +339,62 @@ class _Write(torch.autograd.Function):
         return (token_grad if ctx.had_token else None), grad_h, grad_key, None, None
 
 
-class _Read(torch.autograd.Function):
-    """bank.mem and bank.keys at index (B, K) -> (B, K, H), (B, K, A); backward adds the
-    gradients into bank.grads."""
+class _SparseRead(torch.autograd.Function):
+    """SAB's sparse attention read (section 3) with sparse replay, as one autograd node.
+
+    Forward: scores every readable memory outside the graph (`MemoryBank.score_all`), keeps the
+    k_top best with `sparsify`'s weights and returns the read sum_j a_j m_j. Backward: only the
+    k_top+1 selected scores (the kept ones and the subtracted (k_top+1)-th; `sparsify` gives
+    every other score zero gradient) are recomputed, from the stored keys, and differentiated by
+    hand: the query and v get their gradients directly, memories and keys through bank.grads (see
+    `_Write`). One node instead of about fifteen small ones per step: the same gradients (tested
+    against a dense reference in float64) in less time, as an RNN's small operators cost mostly
+    the per-operator overhead.
+
+    Inputs: token, query (B, A) = W_q h^(t) + b, v (A,), bank, n (the first n memories are
+        readable, n >= 1), k_top, eps (see `sparsify`).
+    Outputs: read (B, H) in the bank's dtype; weights (B, K) and index (B, K) long of the kept
+        memories (K = min(k_top, n); no gradient).
+    """
 
     @staticmethod
-    def forward(ctx, token, index, bank):
+    def forward(ctx, token, query, v, bank, n, k_top, eps):
+        scores = bank.score_all(query, v, n)                 # (B, n), at least float32
+        top, index = scores.topk(min(k_top + 1, n), dim=1)   # (B, K1), descending
+        if n > k_top:  # `sparsify`: subtract the (k_top+1)-th score (the last column, which
+            w = (top - top[:, k_top:]).relu_()               # gets weight 0), ReLU, normalise
+            norm = w.sum(dim=1, keepdim=True).add_(eps)      # (B, 1)
+            w /= norm                                        # (B, K1)
+        else:          # at most k_top memories: a softmax over all of them
+            w, norm = torch.softmax(top, dim=1), None        # (B, K1)
+        m = bank.pick(bank.mem, index)                       # (B, K1, H)
         ctx.bank = bank
-        ctx.save_for_backward(index)
-        return bank.gather(index)
+        ctx.save_for_backward(query, v, index, w, norm)
+        K = min(k_top, n)
+        weights = w[:, :K].clone()
+        ctx.mark_non_differentiable(weights)
+        return (w[:, :, None].to(m.dtype) * m).sum(1), weights, index[:, :K]
 
     @staticmethod
-    def backward(ctx, grad_mem, grad_keys):
-        index, = ctx.saved_tensors
-        ctx.bank.add_grad(index, grad_mem, grad_keys)
-        return ctx.bank.mem.new_zeros(()), None, None  # the token's (a () tensor of mem's dtype)
+    def backward(ctx, grad_read, grad_weights_unused, grad_index_unused):
+        query, v, index, w, norm = ctx.saved_tensors
+        bank, f = ctx.bank, w.dtype                          # f: at least float32
+        m, key = bank.pick(bank.mem, index).to(f), bank.pick(bank.keys, index).to(f)  # (B, K1, .)
+        g = grad_read.to(f)                                  # (B, H)
+        grad_w = torch.linalg.vecdot(m, g[:, None])          # (B, K1): m_j . g
+        grad_s = grad_w - torch.linalg.vecdot(grad_w, w)[:, None]  # through the normalisation
+        if norm is not None:  # w_j = relu(s_j - s_K1) / norm: the kept scores, then the K1-th
+            grad_s = grad_s.div_(norm).mul_(w > 0)
+            grad_s[:, -1] = -grad_s.sum(dim=1)
+        else:                 # softmax
+            grad_s = grad_s.mul_(w)
+        # the K1 selected scores again, s_j = v . tanh(key_j + query), tanh as in score_all
+        z = torch.sigmoid(2 * (key + query.to(f)[:, None])).mul_(2).sub_(1)  # (B, K1, A)
+        grad_key = (1 - z * z).mul_(grad_s[:, :, None]).mul_(v.to(f))      # (B, K1, A)
+        grad_v = grad_s.view(-1) @ z.view(-1, z.shape[2])                  # (A,)
+        bank.add_grad(index, w[:, :, None] * g[:, None], grad_key)
+        return (bank.mem.new_zeros(()), grad_key.sum(1).to(query.dtype), grad_v.to(v.dtype),
+                None, None, None, None)
 
 
 class Net(nn.Module):
@@ -628,12 +656,12 @@ class LSTMCellLoop(nn.Module):
 def bank_mib(model, T, B, dtype=torch.float32):
     """Memory of SAB's MemoryBank for a batch of B sequences of T steps: values (B, slots, H) and
     keys (B, slots, A) in `dtype`, their gradients in float32 (allocated by the first backward),
-    and the float32 scoring buffer (B, slots, A); 0 if it keeps none."""
+    the float32 scoring buffer (B, slots, A) and the row offsets (B,) int64; 0 if it keeps none."""
     if not isinstance(model, SAB) or model.attention != "sparse" or not model.attends:
         return 0.0
     slots, H, A = T // model.k_att + 1, model.hidden_size, model.key.out_features
     size = torch.tensor([], dtype=dtype).element_size()
-    return B * slots * ((H + A) * size + (H + A) * 4 + A * 4) / 2**20
+    return (B * slots * ((H + A) * size + (H + A) * 4 + A * 4) + B * 8) / 2**20
 
 
 def run_benchmark(args, device, amp_dtype):

@@ -290,7 +290,8 @@ def test_benchmark_prints_sab_and_both_baselines_in_one_run(capsys, monkeypatch)
                         lambda bank, *a: banks.append(bank) or write(bank, *a))
     model(torch.randn(6, 2, 10))[0].sum().backward()
     nbytes = sum(t.untyped_storage().nbytes() for t in (banks[0].mem, banks[0].keys,
-                                                        banks[0].buffer, *banks[0].grads))
+                                                        banks[0].buffer, *banks[0].grads,
+                                                        banks[0].rows))
     assert sab.bank_mib(model, T=6, B=2) == nbytes / 2**20
     assert sab.bank_mib(sab.SAB(10, 8, attention="dense"), 6, 2) == 0  # its graph is counted
 
@@ -414,7 +415,7 @@ def test_model_classes_work_when_copied_out_under_the_standard_imports():
     import inspect
     namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional,
                  "checkpoint": torch.utils.checkpoint.checkpoint}
-    for obj in (sab.sparsify, sab.SAB, sab.MemoryBank, sab._Write, sab._Read):
+    for obj in (sab.sparsify, sab.SAB, sab.MemoryBank, sab._Write, sab._SparseRead):
         exec(inspect.getsource(obj), namespace)
     torch.manual_seed(0)
     model = namespace["SAB"](10, 32, k_top=3, k_att=2, k_trunc=4)
