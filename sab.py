@@ -15,6 +15,7 @@ Models (`--model`):
     attn   the same LSTM with dense softmax attention over every memory, full BPTT
 """
 import math
+import statistics
 
 import torch
 import torch.nn as nn
@@ -243,7 +244,7 @@ class SAB(nn.Module):
         Returns: read (B, H), weights (B, M).
         """
         s = self.score(torch.tanh(keys + query[:, None])).squeeze(2)             # (B, M)
-        w = torch.softmax(s, dim=1, dtype=torch.float32)                         # (B, M)
+        w = torch.softmax(s, dim=1, dtype=torch.promote_types(s.dtype, torch.float32))  # (B, M)
         return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1), w            # (B, H)
 
 
@@ -313,7 +314,8 @@ class MemoryBank:
         flat = self._flat(index)
         for total, g in zip(self.grads, (grad_mem, grad_keys)):
             # total (B, slots, D) as rows (B*slots, D); g (B, K, D) as (B*K, D)
-            total.view(-1, g.shape[2]).index_add_(0, flat, g.reshape(-1, g.shape[2]).to(total.dtype))
+            g = g.reshape(-1, g.shape[2]).to(total.dtype)
+            total.view(-1, g.shape[1]).index_add_(0, flat, g)
 
 
 class _Write(torch.autograd.Function):
@@ -664,37 +666,50 @@ def bank_mib(model, T, B, dtype=torch.float32):
     return (B * slots * ((H + A) * size + (H + A) * 4 + A * 4) + B * 8) / 2**20
 
 
-def run_benchmark(args, device, amp_dtype):
+def run_benchmark(args, device, amp_dtype, rounds=5):
     """Forward+backward time and memory of this model against an LSTMCell loop and nn.LSTM of
-    the same hidden size, all under the same autocast setting, in one run."""
+    the same hidden size, all under the same autocast setting, in one run.
+
+    Time: the median over `rounds` rounds, each timing one call of every model in turn, so that a
+    slow spell of a shared machine hits the three alike; the ratio to the LSTMCell loop is the
+    median of the rounds' ratios, with their range. Memory: one call each (tasks.benchmark)."""
     B, H, D = args.batch_size, args.hidden_size, 10
     lengths = [args.seq_len] if args.seq_len_given else [100, 300, 1000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, H={H}, "
           f"D={D}, model {args.model} (k_top {args.k_top}, k_att {args.k_att}, "
-          f"k_trunc {args.k_trunc}), grad_checkpoint={args.grad_checkpoint}, amp={amp_dtype}")
+          f"k_trunc {args.k_trunc}), grad_checkpoint={args.grad_checkpoint}, amp={amp_dtype}; "
+          f"time: median of {rounds} interleaved rounds")
     mem_name = "peak CUDA MiB" if device.type == "cuda" else "saved-for-backward MiB"
-    print(f"| model | T | ms / batch | time / LSTMCell loop | {mem_name} | memory bank MiB | "
-          f"memory / nn.LSTM |\n|---|---|---|---|---|---|---|")
+    print(f"| model | T | ms / batch | time / LSTMCell loop (range over rounds) | {mem_name} | "
+          f"memory bank MiB | memory / nn.LSTM |\n|---|---|---|---|---|---|---|")
     for T in lengths:
         x = torch.randn(T, B, D, device=device)
         sab = SAB(D, H, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
                   attention="dense" if args.model == "attn" else "sparse",
                   checkpoint_every=checkpoint_segment(args.k_trunc, T) if args.grad_checkpoint
                   else 0).to(device)
-        rows = {}
-        for name, model in [("LSTMCell loop", LSTMCellLoop(D, H)), ("nn.LSTM", nn.LSTM(D, H)),
-                            (f"{args.model} (SAB class)", sab)]:
+        models = {"LSTMCell loop": LSTMCellLoop(D, H), "nn.LSTM": nn.LSTM(D, H),
+                  f"{args.model} (SAB class)": sab}
+        steps, mems, times = {}, {}, {name: [] for name in models}
+        for name, model in models.items():
             model.to(device)
 
-            def fn():
+            def fn(model=model):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = model(x)[0]
                 out.float().sum().backward()
-            sec, mem = tasks.benchmark(fn, device)
-            bank = bank_mib(model, T, B) if device.type == "cpu" else 0.0  # CUDA peak has it
-            rows[name] = sec, mem + bank
-            print(f"| {name} | {T} | {sec * 1e3:.1f} | {sec / rows['LSTMCell loop'][0]:.2f}x | "
-                  f"{mem:.1f} | {bank:.1f} | {(mem + bank) / rows.get('nn.LSTM', rows[name])[1]:.2f}x |")
+            steps[name] = fn
+            mem = tasks.benchmark(fn, device, repeats=1)[1]  # also the warm-up
+            mems[name] = mem, (bank_mib(model, T, B) if device.type == "cpu" else 0.0)  # CUDA
+        for _ in range(rounds):                                     # peak counts the bank
+            for name, fn in steps.items():
+                times[name].append(tasks.benchmark(fn, device, repeats=1, memory=False)[0])
+        for name in models:
+            ratios = [a / b for a, b in zip(times[name], times["LSTMCell loop"])]
+            (mem, bank), lstm = mems[name], sum(mems["nn.LSTM"])
+            print(f"| {name} | {T} | {statistics.median(times[name]) * 1e3:.1f} | "
+                  f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                  f"{mem:.1f} | {bank:.1f} | {(mem + bank) / lstm:.2f}x |")
 
 
 def main(argv=None):

@@ -703,39 +703,48 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def benchmark(step_fn, device, repeats=3):
+def benchmark(step_fn, device, repeats=3, memory=True):
     """Times `step_fn()` (one forward+backward): (seconds per call, MiB). On CUDA the memory is
     the peak allocated during a call; on CPU, the tensors autograd saves for backward (the
     activation memory that grows with T), each storage counted once. Memory is measured in a
-    call of its own before the `repeats` timed calls: the CPU hook costs Python time per saved
-    tensor (10-25% of a step for an RNN of small operators)."""
-    step_fn()  # warm-up
+    call of its own, after a warm-up call, before the `repeats` timed calls: the CPU hook costs
+    Python time per saved tensor (10-25% of a step for an RNN of small operators).
+    memory=False: the timed calls alone (no warm-up, no memory call); MiB is None."""
+    mem = None
+    if memory:
+        step_fn()  # warm-up
+        mem = _step_mib(step_fn, device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step_fn()
-        torch.cuda.synchronize()
-        mem = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        saved = {}
-
-        def pack(t):
-            try:
-                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            except (RuntimeError, NotImplementedError):
-                pass
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            step_fn()
-        mem = sum(saved.values()) / 2**20
+        torch.cuda.synchronize()  # earlier queued work is not this call's
     start = time.perf_counter()
     for _ in range(repeats):
         step_fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeats, mem
+
+
+def _step_mib(step_fn, device):
+    """Memory of one call of step_fn, in MiB (see `benchmark`)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step_fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    saved = {}
+
+    def pack(t):
+        try:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step_fn()
+    return sum(saved.values()) / 2**20
 
 
 # ----------------------------------------------------------------------------------------------

@@ -281,7 +281,8 @@ def test_benchmark_prints_sab_and_both_baselines_in_one_run(capsys, monkeypatch)
     out = capsys.readouterr().out
     rows = {l.split("|")[1].strip(): l.split("|") for l in out.splitlines() if "| 6 |" in l}
     assert set(rows) == {"sab (SAB class)", "LSTMCell loop", "nn.LSTM"}
-    assert rows["LSTMCell loop"][4].strip() == "1.00x" and rows["nn.LSTM"][7].strip() == "1.00x"
+    assert rows["LSTMCell loop"][4].strip() == "1.00x (1.00-1.00)"  # median (range) of rounds
+    assert rows["nn.LSTM"][7].strip() == "1.00x"
     assert float(rows["sab (SAB class)"][6]) >= 0  # the memory bank column
     # the bank lives outside autograd, so the benchmark adds it: every tensor it holds after a
     # forward and backward (values, keys, scoring buffer, gradients)

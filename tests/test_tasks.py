@@ -405,3 +405,7 @@ def test_benchmark_times_only_calls_without_the_memory_hook(monkeypatch):
     timed = calls[ticks[0]:ticks[1]]
     assert timed == ["step", "step"], calls
     assert "hook on" in calls[:ticks[0]], "memory is measured before the timing starts"
+    calls.clear()
+    assert tasks.benchmark(lambda: calls.append("step"), torch.device("cpu"), repeats=1,
+                           memory=False)[1] is None
+    assert calls == ["step"], "memory=False: the timed call alone"
