@@ -50,13 +50,23 @@ def sparsify(scores, k_top, eps=1e-3):
         weights: (B, K) non-negative, summing to at most 1 over K, K = min(k_top, M).
         index: (B, K) long, which memory each weight belongs to.
     """
-    B, M = scores.shape
-    if M <= k_top:
-        index = torch.arange(M, device=scores.device).expand(B, M)
-        return torch.softmax(scores, dim=1), index
-    top, index = scores.topk(k_top + 1, dim=1)  # (B, k_top + 1), sorted descending
-    w = F.relu(top[:, :k_top] - top[:, k_top:])  # (B, k_top)
-    return w / (w.sum(dim=1, keepdim=True) + eps), index[:, :k_top]
+    top, index = scores.topk(min(k_top + 1, scores.shape[1]), dim=1)  # (B, K1), descending
+    w, _ = top_weights(top, k_top, eps)
+    return w[:, :k_top], index[:, :k_top]
+
+
+def top_weights(top, k_top, eps=1e-3):
+    """`sparsify`'s weights from the best K1 = min(k_top+1, M) scores top (B, K1), sorted
+    descending; `_SparseRead` uses it on scores computed outside the graph.
+
+    Returns: weights (B, K1), the last one 0 when K1 = k_top+1 (its score is the one subtracted),
+    and the normaliser sum w + eps (B, 1), None for the softmax (K1 <= k_top).
+    """
+    if top.shape[1] <= k_top:  # at most k_top memories: a softmax over all of them
+        return torch.softmax(top, dim=1), None
+    w = (top - top[:, k_top:]).relu_()  # subtract the (k_top+1)-th score, ReLU
+    norm = w.sum(dim=1, keepdim=True).add_(eps)
+    return w / norm, norm
 
 
 class SAB(nn.Module):
@@ -91,7 +101,8 @@ class SAB(nn.Module):
     attention="dense" replaces the sparsifier by a softmax over every memory, all in the graph
     ("LSTM + full self-attention", the paper's baseline; its memory grows as O(T^2 / k_att)).
 
-    Copy with it: `sparsify`, `MemoryBank`, `_Write`, `_SparseRead` (torch imports only).
+    Copy with it: `sparsify`, `top_weights`, `MemoryBank`, `_Write`, `_SparseRead` (torch
+    imports only).
 
     Args:
         input_size: features D of the input.
@@ -363,12 +374,7 @@ class _SparseRead(torch.autograd.Function):
     def forward(ctx, token, query, v, bank, n, k_top, eps):
         scores = bank.score_all(query, v, n)                 # (B, n), at least float32
         top, index = scores.topk(min(k_top + 1, n), dim=1)   # (B, K1), descending
-        if n > k_top:  # `sparsify`: subtract the (k_top+1)-th score (the last column, which
-            w = (top - top[:, k_top:]).relu_()               # gets weight 0), ReLU, normalise
-            norm = w.sum(dim=1, keepdim=True).add_(eps)      # (B, 1)
-            w /= norm                                        # (B, K1)
-        else:          # at most k_top memories: a softmax over all of them
-            w, norm = torch.softmax(top, dim=1), None        # (B, K1)
+        w, norm = top_weights(top, k_top, eps)               # (B, K1), (B, 1) or None
         m = bank.pick(bank.mem, index)                       # (B, K1, H)
         ctx.bank = bank
         ctx.save_for_backward(query, v, index, w, norm)

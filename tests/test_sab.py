@@ -416,7 +416,8 @@ def test_model_classes_work_when_copied_out_under_the_standard_imports():
     import inspect
     namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional,
                  "checkpoint": torch.utils.checkpoint.checkpoint}
-    for obj in (sab.sparsify, sab.SAB, sab.MemoryBank, sab._Write, sab._SparseRead):
+    for obj in (sab.sparsify, sab.top_weights, sab.SAB, sab.MemoryBank, sab._Write,
+                sab._SparseRead):
         exec(inspect.getsource(obj), namespace)
     torch.manual_seed(0)
     model = namespace["SAB"](10, 32, k_top=3, k_att=2, k_trunc=4)
