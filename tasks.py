@@ -709,11 +709,14 @@ def benchmark(step_fn, device, repeats=3, memory=True):
     activation memory that grows with T), each storage counted once. Memory is measured in a
     call of its own, after a warm-up call, before the `repeats` timed calls: the CPU hook costs
     Python time per saved tensor (10-25% of a step for an RNN of small operators).
-    memory=False: the timed calls alone (no warm-up, no memory call); MiB is None."""
+    memory=False: the timed calls alone (no warm-up, no memory call); MiB is None.
+    repeats=0: the warm-up and the memory call alone; seconds is None."""
     mem = None
     if memory:
         step_fn()  # warm-up
         mem = _step_mib(step_fn, device)
+    if repeats == 0:
+        return None, mem
     if device.type == "cuda":
         torch.cuda.synchronize()  # earlier queued work is not this call's
     start = time.perf_counter()

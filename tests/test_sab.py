@@ -228,11 +228,11 @@ def test_short_copy_run_learns_well_below_the_trivial_baseline(tmp_path):
     # Trivial baseline on the 10 recalled digits: uniform over 1..8, CE = ln 8 = 2.08 nats and
     # 12.5% accuracy. With T=1 the digits lie 11 steps before their recall, beyond k_trunc=5, so
     # SAB must learn through its attention connections.
-    # The --quick network (H 64, batch 32, cosine decay) at lr 1e-2 for 500 steps: test CE
+    # The --quick network (H 64, cosine decay) with batch 32 at lr 1e-2 for 500 steps: test CE
     # 0.4-0.9 at 400 and 0.3-0.8 at 600 steps for seeds 0-2 (about 9 s).
-    rec = sab.main(["--task", "copy", "--quick", "--seq-len", "1", "--lr", "1e-2", "--steps",
-                    "500", "--eval-every", "250", "--eval-size", "256", "--out-dir",
-                    str(tmp_path)])
+    rec = sab.main(["--task", "copy", "--quick", "--seq-len", "1", "--batch-size", "32", "--lr",
+                    "1e-2", "--steps", "500", "--eval-every", "250", "--eval-size", "256",
+                    "--out-dir", str(tmp_path)])
     assert rec["metrics"]["test_ce"] < 0.75 * math.log(8), rec["metrics"]
     assert rec["metrics"]["test_acc"] > 30, rec["metrics"]
 

@@ -409,3 +409,6 @@ def test_benchmark_times_only_calls_without_the_memory_hook(monkeypatch):
     assert tasks.benchmark(lambda: calls.append("step"), torch.device("cpu"), repeats=1,
                            memory=False)[1] is None
     assert calls == ["step"], "memory=False: the timed call alone"
+    calls.clear()
+    assert tasks.benchmark(lambda: calls.append("step"), torch.device("cpu"), repeats=0)[0] is None
+    assert calls == ["step", "hook on", "step", "hook off"], "repeats=0: warm-up and memory"
