@@ -1,8 +1,8 @@
 """Sparse Attentive Backtracking (Ke et al., NeurIPS 2018, arXiv 1809.03702), one file.
 
-    python sab.py --task copy --quick              # CPU, about 5 minutes: SAB learns copy T=10
-                                                   # (99.89 +- 0.17% over 10 runs, seeds 0-4 x 1, 2
-                                                   # threads, range 99.44-100.00; docs/sab.md)
+    python sab.py --task copy --quick              # CPU, about 4 minutes: SAB learns copy T=10
+                                                   # (99.90 +- 0.06% over 10 runs, seeds 0-4 x 1, 2
+                                                   # threads, range 99.78-99.98; docs/sab.md)
     python sab.py --task copy --model tbptt        # the paper's baseline, T=100
     python sab.py --task copy --eval-only --test-seq-len 400   # Table 5 transfer test
     python sab.py --benchmark                      # speed and memory against nn.LSTM
@@ -460,7 +460,7 @@ QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller eval
     # attention chains from derailing Adam; attention only to memories older than the k_trunc
     # window (min_age 6), else a quarter of the runs sit in a "recency" plateau; 7000 steps:
     # with 5000 a slow starter was still at 85.72% when the learning rate reached 0, and batch 32
-    # needed 10000 steps, 12% more time (a step of 64 sequences costs 1.27x one of 32; docs/sab.md)
+    # needed 10000 steps, 12-18% more time (a step of 64 sequences costs 1.21-1.27x one of 32)
     "copy": dict(seq_len=10, hidden_size=64, k_att=1, lr=5e-3, warmup=0, lr_schedule="cosine",
                  clip=0.02, min_age=6, steps=7000, eval_every=1000, eval_size=500),
     "adding": dict(seq_len=50, steps=1500, eval_every=250, eval_size=500),
