@@ -27,6 +27,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn as nn
@@ -94,8 +95,9 @@ def indrnn_recurrence(pre, u, h0, impl="auto"):
         impl: "loop" (IndRNNRecurrence, torch alone), "triton" (IndRNNRecurrenceTriton, one fused
         kernel; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) or "auto": Triton for
         CUDA tensors when triton imports and its first run on the device agrees with the loop
-        (else a warning and the loop), the loop otherwise. The Triton section of this file is
-        optional: copied out without it, "auto" is the loop.
+        (else a warning and the loop), the loop otherwise, and under torch.compile (which
+        traces the loop). The Triton section of this file is optional: copied out without it,
+        "auto" is the loop.
     Returns: h (T, B, H), float32 (float64 if pre is float64).
     Raises: ValueError on inconsistent shapes, an unknown impl, or impl="triton" where Triton
         cannot run.
@@ -107,7 +109,7 @@ def indrnn_recurrence(pre, u, h0, impl="auto"):
                          f"{tuple(u.shape)}, {tuple(h0.shape)}")
     dtype = torch.float64 if pre.dtype == torch.float64 else torch.float32
     pre, u, h0 = pre.to(dtype), u.to(dtype), h0.to(dtype)
-    if impl == "triton" or (impl == "auto" and pre.is_cuda):
+    if impl == "triton" or (impl == "auto" and pre.is_cuda and not torch.compiler.is_compiling()):
         use_triton = globals().get("_use_triton")  # absent if copied out without the section
         if use_triton is None and impl == "triton":
             raise ValueError("impl='triton' needs the Triton section of indrnn.py")
@@ -998,6 +1000,15 @@ def make_optimizer(model, args):
                              dict(params=no_decay, weight_decay=0.0)], lr=args.lr)
 
 
+def training_loss(model, kind, x, y, state=None, amp_dtype=None):
+    """(loss, new state) of a training step: the forward pass of the Net `model` from `state`
+    under autocast if amp_dtype is set, then the task's loss (kind: see tasks.loss_and_stats; a
+    scalar tensor: MSE, or mean cross-entropy in nats)."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out, state = model(x, state)
+    return tasks.loss_and_stats(kind, out, y, stats=False)[0], state
+
+
 @torch.no_grad()
 def evaluate(model, task, split, device, amp_dtype, limit=None):
     """Metrics of `model` on a split (see tasks.summarize). Language models carry their state
@@ -1054,6 +1065,8 @@ def run_benchmark(args, device, amp_dtype):
             runs = [("nn.LSTM", lstm), ("IndRNN", layer), ("IndRNN, autograd loop", plain_loop)]
             if impl == "triton":
                 runs.insert(2, ("IndRNN, loop Function", step_loop))
+            if args.compile:  # the time loop unrolled into one graph (tasks.compiled)
+                runs.insert(2, ("IndRNN, compiled", tasks.compiled(layer, args, device)))
             if T <= 1000:  # the naive loop's backward is quadratic in T
                 runs.append(("IndRNN, naive loop indexing pre[t]", naive_loop))
             lstm_sec = None
@@ -1063,6 +1076,10 @@ def run_benchmark(args, device, amp_dtype):
                                         enabled=amp_dtype is not None):
                         out = model(x)[0]
                     out.float().sum().backward()
+                start = time.perf_counter()
+                if name.endswith("compiled"):
+                    fn()  # compiles
+                    name += f" (compiling took {time.perf_counter() - start:.0f} s)"
                 sec, mem = tasks.benchmark(fn, device)
                 lstm_sec = lstm_sec or sec
                 speedup = lstm_sec / sec
@@ -1076,9 +1093,8 @@ def main(argv=None):
     and returns that record (a dict). With --benchmark, runs run_benchmark and returns None.
     Raises SystemExit with a one-line message for missing data, a refused run or divergence."""
     args = parse_args(argv)
-    device, amp_dtype, use_scaler = tasks.setup(args)
     if args.benchmark:
-        return run_benchmark(args, device, amp_dtype)
+        return run_benchmark(args, *tasks.setup(args)[:2])
     tasks.Run.preflight("indrnn.py", args)  # refusals before any data is loaded
     try:
         task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
@@ -1086,6 +1102,11 @@ def main(argv=None):
                          ntu_protocol=args.ntu_protocol)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
+
+    def probe(dev, amp_dtype):  # one training step of this run on `dev`, for --device auto
+        net, (x, y) = build_model(args, task).to(dev), (v.to(dev) for v in task.train_batch(0))
+        return lambda: training_loss(net, task.kind, x, y, None, amp_dtype)[0].backward()
+    device, amp_dtype, use_scaler = tasks.setup(args, probe)
     model = tasks.build(lambda: build_model(args, task).to(device), args)
     opt = make_optimizer(model, args)
     if task.kind == "lm":  # PTB: lr / 5 when validation BPC stops improving (patience 20 evals)
@@ -1099,15 +1120,17 @@ def main(argv=None):
     run = tasks.Run("indrnn.py", args, task, model, dict(opt=opt, sched=sched, scaler=scaler),
                     device, argv, extra=dict(state=None))
 
+    forward_loss = tasks.compiled(  # with --compile one graph (two for PTB: with a state or
+        lambda x, y, state: training_loss(model, task.kind, x, y, state, amp_dtype),  # without)
+        args, device)
+
     while run.training():
         x, y = (v.to(device) for v in task.train_batch(run.step))
         state = run.extra["state"]
         if task.kind == "lm" and random.Random(args.seed * 1_000_003 + run.step).random() < 0.1:
             state = None  # the authors reset the carried state with probability 1/10 per batch
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out, state = model(x, state if task.kind == "lm" else None)  # (stored detached)
-        run.extra["state"] = detach_state(state) if task.kind == "lm" else None
-        loss, _ = tasks.loss_and_stats(task.kind, out, y, stats=False)
+        loss, state = forward_loss(x, y, state if task.kind == "lm" else None)
+        run.extra["state"] = detach_state(state) if task.kind == "lm" else None  # carried
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

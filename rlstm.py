@@ -22,6 +22,7 @@ import math
 import os
 import struct
 import tarfile
+import time
 import warnings
 import zlib
 
@@ -92,7 +93,8 @@ class MainNet(nn.Module):
     Truncation is exact and per loss: the state where a gradient window starts is computed without
     gradient (detached), then the window is recomputed with gradient. The supervised loss sees the
     last `bptt` steps; the state at anchor a (after reading x[0..a-1]) sees x[a-aux_bptt .. a-1].
-    Memory for the gradient windows is O(bptt + anchors * aux_bptt), independent of T.
+    Memory for the gradient windows is O(bptt + anchors * aux_bptt), independent of T. The
+    computation's shape does not depend on where the anchors fall (see `states`).
 
     Args:
         vocab: values per input channel (256 for pixels), or 0 for float inputs of size `embed`.
@@ -100,12 +102,14 @@ class MainNet(nn.Module):
         n_classes: classes of the supervised task.
         embed, hidden, ffn: embedding size (128), LSTM units H (128), feed-forward width (256).
         checkpoint_every: if > 0, recompute gradient windows in segments of this many steps.
-    Inputs of forward: x, bptt, anchors, aux_bptt, supervised
+    Inputs of forward: x, bptt, anchors, aux_bptt, supervised, anchor_range
         x: LongTensor (T, B, C) tokens, or FloatTensor (T, B, embed) already-embedded inputs.
         bptt: steps of the supervised gradient window (0: all T).
         anchors: optional LongTensor (N, B) of anchor positions in [1, T], N anchors per sample.
         aux_bptt: steps of the auxiliary gradient window before each anchor (0: back to t = 0).
         supervised: False skips the classifier (auxiliary pretraining).
+        anchor_range: (low, high), the interval the anchors are drawn from (`anchor_range`);
+            default [1, T]. The LSTM steps one input at a time only there (see `states`).
     Outputs: logits, anchor_state
         logits: (B, n_classes), or None if not supervised.
         anchor_state: (h, c), each (N, B, H), the LSTM state after reading x[0..a-1] at every
@@ -114,7 +118,7 @@ class MainNet(nn.Module):
         neither supervised nor anchors leaves anything to compute.
     """
 
-    block = 1024  # steps per nn.LSTM call in the no-gradient pass
+    block = 1024  # steps per nn.LSTM call at most: transient memory independent of T
 
     def __init__(self, vocab, channels, n_classes, embed=128, hidden=128, ffn=256,
                  checkpoint_every=0):
@@ -136,72 +140,75 @@ class MainNet(nn.Module):
                              f"got {tuple(x.shape)}")
         return x
 
-    @torch.no_grad()
-    def states_at(self, x, pos):
-        """LSTM states without gradient. x: (T, B, ...) inputs; pos: LongTensor (N, B) in [0, T].
-        Returns (h, c), each (N, B, H): the state s_pos after reading x[0..pos-1] (zeros at
-        pos 0), in the parameters' dtype. One forward pass over x[0 .. max(pos)), split at the
-        distinct positions and into blocks of at most `block` steps."""
-        B, H = x.shape[1], self.hidden_size
-        dtype = self.lstm.weight_hh_l0.dtype  # float32 under autocast too (the LSTM runs in half)
-        stops = [p for p in pos.unique().tolist() if p > 0]
-        h = c = torch.zeros(B, H, device=x.device, dtype=dtype)                # s_0 = 0, (B, H)
-        hs, cs, t = [h], [c], 0
-        for p in stops:  # s_p from s_t: the inputs x[t .. p-1]
-            for s in range(t, p, self.block):  # blocks: transient memory independent of T
-                h, c = _lstm_final(self.lstm, self._embed(x[s:min(s + self.block, p)]), h, c)
-            hs.append(h.to(dtype))
-            cs.append(c.to(dtype))
-            t = p
-        # the state of (n, b) is number `where[n, b]` of [s_0, s_stop1, s_stop2, ...]
-        where = torch.searchsorted(torch.tensor([0] + stops, device=pos.device), pos)  # (N, B)
-        cols = torch.arange(B, device=x.device).expand_as(pos)                          # (N, B)
-        # stacked: (1 + len(stops), B, H); gathered: (N, B, H)
-        return torch.stack(hs)[where, cols], torch.stack(cs)[where, cols]
+    def states(self, x, ends, K, ranges):
+        """The LSTM states s_e at the ends e (N, B) of gradient windows: differentiable through
+        the K inputs x[e-K .. e-1] before each end only, the truncated backpropagation of section
+        3 (Figure 2: the auxiliary loss's gradients are truncated "to keep the overall cost of
+        BPTT constant"); a window with e <= K starts at t = 0 from s_0 = 0 (full BPTT).
 
-    def window(self, x, ends, K, init):
-        """LSTM states at `ends` with gradient reaching only the K inputs before each end: the
-        truncated backpropagation of section 3 (Figure 2: the auxiliary loss's gradients are
-        truncated "to keep the overall cost of BPTT constant"), for the supervised loss
-        (ends = T) and the auxiliary loss (ends = anchors).
-
-        The N*B windows x[e-K .. e-1] are gathered into one batch and run from the detached states
-        s_{e-K}, so the gradient stops there exactly. A window with e < K starts at t = 0, from the
-        zero state s_0, K - e steps into the batch.
-
-        Args:
-            x: (T, B, C) tokens or (T, B, embed) floats.
-            ends: LongTensor (N, B) in [1, T].
-            K: window length in steps (>= 1).
-            init: (h, c), each (N, B, H): the states s_{max(end-K, 0)}, i.e. after reading
-                x[0..max(end-K, 0)-1], e.g. from `states_at` (they are used detached).
-        Returns: (h, c), each (N, B, H): the states s_end, differentiable w.r.t. x[end-K .. end-1]
-            and the LSTM's parameters (and the embedding's).
+        Every end lies in one of the intervals `ranges`, [(lo, hi), ...], fixed by the task (the
+        supervised loss ends at T; the anchors' range is fixed by T and aux_len), so that the
+        computation has the same shape at every call, whatever the anchors: no host
+        synchronisation, and the step can be compiled or captured. Where no end can lie, the
+        LSTM runs as one fused call; inside the intervals it steps and picks each window's state
+        with torch.where (see `_pick`).
+        1. The truncation points s_{e-K} without gradient (nothing to do where every e <= K).
+        2. The windows x[e-K .. e-1], gathered into one batch of N*B columns and run from the
+           detached states s_{e-K}; where every e <= K, x itself from s_0 (shared by the ends of
+           a column).
+        Args: x (T, B, C) tokens or (T, B, embed) floats; ends LongTensor (N, B) in [1, T]; K >= 1.
+        Returns: (h, c), each (N, B, H), in the parameters' dtype.
         """
-        N, B = ends.shape
-        K = min(K, int(ends.max()))  # no window needs to be longer than the longest prefix
-        # idx[n, b, k] = e - K + k, k = 0..K-1, e = ends[n, b]: the positions of window (n, b)
-        idx = ends.unsqueeze(-1) - K + torch.arange(K, device=ends.device)   # (N, B, K)
-        # windows with e < K begin `start` = K - e steps late (at t = 0); 0 for the others
-        start = (-idx[..., 0]).clamp(min=0).reshape(-1)                       # (N*B,)
-        cols = torch.arange(B, device=ends.device).view(1, B, 1).expand(N, B, K)  # (N, B, K): b
-        # time-major gather xs[k, n, b] = x[idx[n, b, k], b]; positions < 0 read x[0], a filler
-        # that is run over and then discarded by the reset to s_0 below (so it gets no gradient)
-        xs = x[idx.clamp(min=0).permute(2, 0, 1), cols.permute(2, 0, 1)]     # (K, N, B, C or D)
-        xs = self._embed(xs.reshape(K, N * B, *x.shape[2:]))                  # (K, N*B, embed)
-        # the detached start states s_{e-K}: the truncation point of every window
-        h, c = (s.detach().reshape(N * B, -1).to(xs.dtype) for s in init)     # (N*B, H) each
-        # cut the K steps at every distinct late start, to reset those windows there
-        cuts = sorted(set(start.tolist()) | {0, K})
-        parts = xs.split([b - a for a, b in zip(cuts, cuts[1:])])  # split: see _lstm_run
-        for cut, part in zip(cuts[1:], parts):
-            h, c = _lstm_run(self.lstm, part, h, c, self.checkpoint_every)     # (N*B, H) each
-            if cut < K:  # windows whose sequence starts here (t = 0) start from s_0 = 0
-                begins = (start == cut)[:, None]                               # (N*B, 1)
-                h, c = torch.where(begins, 0.0, h), torch.where(begins, 0.0, c)
-        return h.view(N, B, -1), c.view(N, B, -1)                              # (N, B, H) each
+        T, B = x.shape[:2]
+        N, H = ends.shape[0], self.hidden_size
+        K = min(K, max(hi for _, hi in ranges))  # no window is longer than its prefix
+        zeros = x.new_zeros(B, H, dtype=self.lstm.weight_hh_l0.dtype)          # s_0, (B, H)
+        if all(hi <= K for _, hi in ranges):  # full BPTT for every end
+            return self._pick(self._embed(x), zeros, zeros, ends, ranges)
+        starts = (ends - K).clamp(min=0)                                        # (N, B)
+        first = [(max(lo - K, 0), max(hi - K, 0)) for lo, hi in ranges]
+        with torch.no_grad():                      # 1. the truncation points, s_start (N, B, H)
+            h0, c0 = self._pick(self._embed(x[:max(hi for _, hi in first)]), zeros, zeros,
+                                starts, first)
+        # 2. window (n, b) reads x[starts + k, b], k = 0 .. L-1, from the detached s_start and
+        # ends after ends - starts steps; positions past T read x[T-1] (never used)
+        L = max(min(hi, K) for _, hi in ranges)
+        idx = (starts[..., None] + torch.arange(L, device=x.device)).clamp(max=T - 1)  # (N, B, L)
+        cols = torch.arange(B, device=x.device).view(1, B, 1).expand(N, B, L)
+        xs = x[idx.permute(2, 0, 1), cols.permute(2, 0, 1)]                    # (L, N, B, ...)
+        xs = self._embed(xs.reshape(L, N * B, *x.shape[2:]))                    # (L, N*B, embed)
+        h, c = self._pick(xs, h0.reshape(N * B, H), c0.reshape(N * B, H),
+                          (ends - starts).reshape(N * B), [(min(lo, K), min(hi, K))
+                                                           for lo, hi in ranges])
+        return h.view(N, B, H), c.view(N, B, H)
 
-    def forward(self, x, bptt=0, anchors=None, aux_bptt=0, supervised=True):
+    def _pick(self, xs, h, c, at, ranges):
+        """Runs the LSTM over xs (S, M, embed) from (h, c) (M, H each) and returns, for every
+        entry of `at` (..., M) long, the state after reading xs[0 .. at-1] of its column, as
+        (h, c) of shape at.shape + (H,). Every value of `at` lies in one of the intervals
+        `ranges`: between them one fused call (blocks of `block` steps), inside them one step at
+        a time, keeping the states whose `at` equals the step (torch.where)."""
+        dtype = self.lstm.weight_hh_l0.dtype  # float32 under autocast too (the LSTM runs in half)
+        plan, t = [], 0  # fused stretches (at most `block` steps each) and pick points (None)
+        for p in sorted({t for lo, hi in ranges for t in range(lo, hi + 1)}):
+            while t < p:
+                plan.append(min(self.block, p - t))
+                t += plan[-1]
+            plan.append(None)
+        pieces = iter(xs[:t].split([n for n in plan if n]))  # split, not slices: see _lstm_run
+        out_h = out_c = torch.zeros(*at.shape, h.shape[-1], dtype=dtype, device=h.device)
+        t = 0
+        for n in plan:
+            if n:
+                h, c = _lstm_run(self.lstm, next(pieces), h, c, self.checkpoint_every)
+                t += n
+            else:
+                keep = (at == t)[..., None]
+                out_h = torch.where(keep, h.to(dtype), out_h)
+                out_c = torch.where(keep, c.to(dtype), out_c)
+        return out_h, out_c
+
+    def forward(self, x, bptt=0, anchors=None, aux_bptt=0, supervised=True, anchor_range=None):
         T, B = x.shape[:2]
         if not torch.is_grad_enabled() and anchors is None:  # evaluation: one plain pass
             zeros = torch.zeros(B, self.hidden_size, device=x.device)
@@ -211,25 +218,18 @@ class MainNet(nn.Module):
             raise ValueError("MainNet: supervised=False without anchors leaves nothing to compute")
         K_sup = T if bptt == 0 else min(bptt, T)
         K_aux = T if aux_bptt == 0 else aux_bptt
-        # Every gradient window ends at a position e: T for L_sup, the anchors for L_aux.
-        ends = [torch.full((1, B), T, device=x.device)] if supervised else []  # (1, B)
+        # Every gradient window ends at a position e: T for L_sup, the anchors for L_aux; with
+        # one window length for both, one call computes them all.
+        groups = [(torch.full((1, B), T, device=x.device), K_sup, [(T, T)])] if supervised else []
         if anchors is not None:
-            ends.append(anchors)                                                # (N, B)
-        Ks = [K_sup] * supervised + [K_aux] * (anchors is not None)
-        starts = torch.cat([(e - K).clamp(min=0) for e, K in zip(ends, Ks)])   # (1 + N, B)
-        # One pass without gradient gives the states s_start where the windows begin.
-        if starts.max() > 0:
-            h0, c0 = self.states_at(x, starts)                                 # (1 + N, B, H)
-        else:  # every window starts at t = 0 (full BPTT)
-            h0 = c0 = torch.zeros(len(starts), B, self.hidden_size, device=x.device)
-        logits = anchor_state = None
-        i = 0
-        if supervised:  # L_sup's window: the last K_sup steps, h_T -> classifier
-            h, _ = self.window(x, ends[0], K_sup, (h0[:1], c0[:1]))           # (1, B, H)
-            logits = self.head(h[0])                                            # (B, n_classes)
-            i = 1
-        if anchors is not None:  # L_aux's windows: K_aux steps before each anchor -> s_a
-            anchor_state = self.window(x, anchors, K_aux, (h0[i:], c0[i:]))    # (N, B, H) each
+            groups.append((anchors, K_aux, [anchor_range or (1, T)]))
+        if len(groups) == 2 and K_sup == K_aux:
+            (e1, K, r1), (e2, _, r2) = groups
+            groups = [(torch.cat([e1, e2]), K, r1 + r2)]
+        states = [self.states(x, ends, K, ranges) for ends, K, ranges in groups]
+        h, c = (torch.cat(s) for s in zip(*states))                            # (1+N or N, B, H)
+        logits = self.head(h[0]) if supervised else None                        # (B, n_classes)
+        anchor_state = None if anchors is None else (h[int(supervised):], c[int(supervised):])
         return logits, anchor_state
 
 
@@ -244,13 +244,20 @@ def draw_anchors(kind, T, aux_len, n, batch_size, generator=None, device=None):
     Returns: LongTensor (n, batch_size). Uses torch's global generator unless one is given.
     Raises: ValueError for another kind, or if 2 <= aux_len <= T does not hold.
     """
+    low, high = anchor_range(kind, T, aux_len)
+    return torch.randint(low, high + 1, (n, batch_size), generator=generator, device=device)
+
+
+def anchor_range(kind, T, aux_len):
+    """(low, high): the anchors of `kind` ("r" or "p") lie in [low, high] (see draw_anchors).
+    Raises: ValueError for another kind, or if 2 <= aux_len <= T does not hold."""
     if kind not in ("r", "p"):
         raise ValueError(f"kind must be 'r' (r-LSTM) or 'p' (p-LSTM), got {kind!r}")
     low, high = (aux_len, T) if kind == "r" else (1, T - aux_len + 1)
     if low > high or aux_len < 2:
         raise ValueError(f"aux_len {aux_len} does not fit a sequence of {T} steps (need 2 <= "
                          f"aux_len <= T)")
-    return torch.randint(low, high + 1, (n, batch_size), generator=generator, device=device)
+    return low, high
 
 
 def aux_windows(kind, x, anchors, aux_len):
@@ -259,15 +266,12 @@ def aux_windows(kind, x, anchors, aux_len):
     r-LSTM (kind "r"): x[a-L .. a-1], the L elements before the anchor; p-LSTM (kind "p"):
     x[a-1 .. a+L-2], the last element read and the L-1 after it. The decoder is fed w_0 and
     predicts w_1 .. w_{L-1}.
-    x: (T, B, C) tokens; anchors: LongTensor (N, B). Returns: (L, N*B, C), column n*B + b
-    is anchor (n, b).
-    Raises: ValueError if a window reaches outside [0, T) (anchors not from `draw_anchors`).
+    x: (T, B, C) tokens; anchors: LongTensor (N, B) in anchor_range(kind, T, aux_len) (not
+    checked here: a check would synchronise with the GPU; RLSTM checks anchors it is given).
+    Returns: (L, N*B, C), column n*B + b is anchor (n, b).
     """
     N, B = anchors.shape
     first = anchors - aux_len if kind == "r" else anchors - 1                      # (N, B): w_0
-    if int(first.min()) < 0 or int(first.max()) + aux_len > len(x):
-        raise ValueError(f"anchors out of range for kind {kind!r}, aux_len {aux_len} and "
-                         f"T = {len(x)} (see draw_anchors)")
     idx = first.unsqueeze(0) + torch.arange(aux_len, device=x.device).view(-1, 1, 1)  # (L, N, B)
     cols = torch.arange(B, device=x.device).view(1, 1, B).expand_as(idx)             # (L, N, B)
     return x[idx, cols].reshape(aux_len, N * B, x.shape[2])         # (L, N, B, C) -> (L, N*B, C)
@@ -342,12 +346,10 @@ class AuxDecoder(nn.Module):
             logits.append(logit[0])
             if k == len(window) - 1:
                 break
-            inp = window[k]
-            if sample_prob > 0:
-                u = torch.rand(inp.shape[0], 1, generator=generator, device=inp.device)
-                g = torch.empty(logit[0].shape, device=inp.device).exponential_(generator=generator)
-                own = (logit[0].float() - g.log()).argmax(-1)  # Gumbel-max: a sample of softmax
-                inp = torch.where(u < sample_prob, own, inp)
+            u = torch.rand(window.shape[1], 1, generator=generator, device=window.device)
+            g = torch.empty(logit[0].shape, device=window.device).exponential_(generator=generator)
+            own = (logit[0].float() - g.log()).argmax(-1)  # Gumbel-max: a sample of softmax
+            inp = torch.where(u < sample_prob, own, window[k])
             inputs.append(inp)
         return torch.stack(inputs), torch.stack(logits)
 
@@ -373,9 +375,9 @@ class RLSTM(nn.Module):
     the paper's (section 4). Submodules: `main` (MainNet) and `decoder` (AuxDecoder, None for
     kind None).
 
-    Copy with it: `MainNet`, `AuxDecoder`, `TokenEmbedding`, `draw_anchors`, `aux_windows`,
-    `_lstm_run`, `_lstm_final`, `_upcast` (imports: torch, torch.nn as nn, torch.nn.functional as
-    F, and checkpoint from torch.utils.checkpoint).
+    Copy with it: `MainNet`, `AuxDecoder`, `TokenEmbedding`, `draw_anchors`, `anchor_range`,
+    `aux_windows`, `_lstm_run`, `_lstm_final`, `_upcast` (imports: torch, torch.nn as nn,
+    torch.nn.functional as F, and checkpoint from torch.utils.checkpoint).
 
     Args:
         vocab: values per input channel V (256 for pixels); 0 for float inputs (T, B, embed),
@@ -441,11 +443,18 @@ class RLSTM(nn.Module):
         if self.decoder is None and not supervised:
             raise ValueError("RLSTM with kind None has no auxiliary loss: supervised=False leaves "
                              "nothing to compute")
+        span = None
         if self.decoder is None:
             anchors = None
-        elif anchors is None:
-            anchors = draw_anchors(self.kind, T, self.aux_len, self.n_anchors, B, device=x.device)
-        logits, state = self.main(x, self.bptt, anchors, self.aux_bptt, supervised)
+        else:
+            span = anchor_range(self.kind, T, self.aux_len)
+            if anchors is None:
+                anchors = draw_anchors(self.kind, T, self.aux_len, self.n_anchors, B,
+                                       device=x.device)
+            elif int(anchors.min()) < span[0] or int(anchors.max()) > span[1]:
+                raise ValueError(f"anchors out of range for kind {self.kind!r}, aux_len "
+                                 f"{self.aux_len} and T = {T}: need {span[0]} .. {span[1]}")
+        logits, state = self.main(x, self.bptt, anchors, self.aux_bptt, supervised, span)
         sup = F.cross_entropy(_upcast(logits), y) if supervised else None       # L_sup
         aux = None if anchors is None else self.aux_loss(x, anchors, state, sample_prob)
         return sup, aux
@@ -456,7 +465,7 @@ class RLSTM(nn.Module):
         win = aux_windows(self.kind, x, anchors, self.aux_len)                  # (L, N*B, C)
         st = tuple(s.reshape(-1, s.shape[-1]) for s in state)                   # (N*B, H) each
         inputs = win[:-1]                                                       # teacher forcing
-        if sample_prob > 0:
+        if torch.is_tensor(sample_prob) or sample_prob > 0:  # (a tensor: one graph at every p)
             inputs, _ = self.decoder.sample_inputs(st, win, sample_prob)        # (L-1, N*B, C)
         out = self.decoder(st, inputs)                                          # (L-1, N*B, C, V)
         return F.cross_entropy(_upcast(out).reshape(-1, out.shape[-1]), win[1:].reshape(-1))
@@ -967,6 +976,13 @@ def build_model(args, task):
                  checkpoint_every=checkpoint_segment(args.seq_len) if args.grad_checkpoint else 0)
 
 
+def training_losses(model, x, y, sample_prob, supervised, amp_dtype=None):
+    """(L_sup or None, L_aux or None) of a training step: the RLSTM's forward pass (see RLSTM)
+    under autocast if amp_dtype is set."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return model(x, y, sample_prob, supervised)
+
+
 @torch.no_grad()
 def evaluate(model, task, split, device, amp_dtype, limit=None):
     """Classification metrics of the main network on a split (see tasks.summarize)."""
@@ -994,23 +1010,31 @@ def run_benchmark(args, device, amp_dtype):
     print(f"| model | T | ms / batch | {mem_name} |\n|---|---|---|---|")
     rows = [("rlstm", args.bptt or 300, args.aux_bptt or 300, False), ("lstm", 0, 0, False),
             ("lstm", 0, 0, True)]
+    if args.compile:  # r-LSTM compiled too (tasks.compiled): the same step as one graph
+        rows.insert(1, rows[0][:3] + ("compiled",))
     results = []
     for T in lengths:
         x = torch.randint(0, 256, (T, B, 1), device=device)
         y = torch.randint(0, 10, (B,), device=device)
-        for model_name, bptt, aux_bptt, ckpt in rows:
+        for model_name, bptt, aux_bptt, mode in rows:
             run_args = type(args)(**dict(vars(args), model=model_name, bptt=bptt,
-                                         aux_bptt=aux_bptt, seq_len=T, grad_checkpoint=ckpt))
+                                         aux_bptt=aux_bptt, seq_len=T,
+                                         grad_checkpoint=mode is True))
             task = type("BenchTask", (), dict(vocab=256, n_in=1, n_out=10))()
             model = build_model(run_args, task).to(device)
+            losses = lambda x, y, model=model: training_losses(model, x, y, 0.0, True, amp_dtype)
+            losses = tasks.compiled(losses, args, device) if mode == "compiled" else losses
+            name = (f"{model_name} " + (f"Truncate{bptt}" if bptt else "Full BP")
+                    + {True: " --grad-checkpoint", "compiled": ", compiled"}.get(mode, ""))
 
             def fn():
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    sup, aux = model(x, y)
+                sup, aux = losses(x, y)
                 (sup + (aux if aux is not None else 0)).backward()
+            if mode == "compiled":
+                start = time.perf_counter()
+                fn()
+                name += f" (compiling took {time.perf_counter() - start:.0f} s)"
             sec, mem = tasks.benchmark(fn, device, repeats=2 if T > 4096 else 3)
-            name = (f"{model_name} " + (f"Truncate{bptt}" if bptt else "Full BP")
-                    + (" --grad-checkpoint" if ckpt else ""))
             print(f"| {name} | {T} | {sec * 1e3:.0f} | {mem:.1f} |", flush=True)
             results.append(dict(model=name, T=T, ms=sec * 1e3, mem=mem))
     return results
@@ -1021,15 +1045,20 @@ def main(argv=None):
     --pretrain-epochs of the auxiliary loss alone, then L_sup + L_aux (section 3); tests the best
     validation checkpoint, writes <out-dir>/rlstm-<task>-<model>-<tag>.json and returns it."""
     args = parse_args(argv)
-    device, amp_dtype, use_scaler = tasks.setup(args)
     if args.benchmark:
-        return run_benchmark(args, device, amp_dtype)
+        return run_benchmark(args, *tasks.setup(args)[:2])
     tasks.Run.preflight("rlstm.py", args)  # refusals before any data is loaded
     try:
         task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
                          args.test_seq_len, as_tokens=True, eval_size=args.eval_size)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
+
+    def probe(dev, amp_dtype):  # one training step of this run on `dev`, for --device auto
+        net, (x, y) = build_model(args, task).to(dev), (v.to(dev) for v in task.train_batch(0))
+        return lambda: sum(v for v in training_losses(net, x, y, 0.0, True, amp_dtype)
+                           if v is not None).backward()
+    device, amp_dtype, use_scaler = tasks.setup(args, probe)
     model = tasks.build(lambda: build_model(args, task).to(device), args)
     params = model.parameters()
     opt = (torch.optim.RMSprop(params, lr=args.lr) if args.optimizer == "rmsprop"
@@ -1045,12 +1074,15 @@ def main(argv=None):
           f"({args.pretrain_epochs} epochs of {per_epoch} steps), then L_sup + L_aux"
           if args.model != "lstm" else "== schedule: supervised loss only")
 
+    forward_loss = tasks.compiled(  # with --compile one graph per phase, and their backward
+        lambda *a: training_losses(model, *a, amp_dtype), args, device)
+
     while run.training():
         x, y = (v.to(device) for v in task.train_batch(run.step))
         supervised = run.step >= pretrain_steps    # phase 1: L_aux alone; phase 2: L_sup + L_aux
         sample_prob = args.ss_max * min(1.0, run.step / args.ss_steps)  # scheduled sampling
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            sup, aux = model(x, y, sample_prob, supervised)
+        sup, aux = forward_loss(x, y, torch.tensor(sample_prob, device=device)
+                                if args.ss_max else 0.0, supervised)
         loss = sum(v for v in (sup, aux) if v is not None)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -8,7 +8,8 @@
 #   bash run_all.sh --only indrnn-adding --dry-run   # print the commands of one table
 #   bash run_all.sh --seeds 3       # seeds 0, 1, 2 of every run (mean and std in TABLES.md)
 #   bash run_all.sh --estimate      # time every run for $EST_MINUTES (default 0.5) minutes at the
-#                                   # papers' settings; TABLES.md then estimates hours per table
+#                                   # papers' settings; TABLES.md then estimates hours per table,
+#                                   # with the ratio to the estimate before (estimate-previous/)
 #   bash run_all.sh --cpu           # paper settings on CPU, one thread per run: SAB's copy T=100
 #                                   # rows (Table 1; $CPU_MINUTES, default 150, minutes each, SAB
 #                                   # with seeds 0, 1 and 2) and their Table 5 transfer rows; IndRNN's
@@ -123,6 +124,13 @@ has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing 
     [ -n "$(ls -A "$1" 2>/dev/null)" ] || { echo "== skipping $2: no data at $1 ($3)"; return 1; }
 }
 [ "$DRY" = 1 ] || { mkdir -p "$OUT/logs"; rm -f "$OUT/failed.txt"; }  # a dry run changes nothing
+# --estimate times every run anew: the timing runs of the estimate before move to
+# $OUT/estimate-previous/, which TABLES.md compares with (their checkpoints are dropped)
+if [ "$ESTIMATE" = 1 ] && [ "$DRY" = 0 ] && ls "$OUT"/*-est-s*.json >/dev/null 2>&1; then
+    rm -rf "$OUT/estimate-previous" && mkdir -p "$OUT/estimate-previous"
+    mv "$OUT"/*-est-s*.json "$OUT/estimate-previous/"
+    rm -f "$OUT"/ckpt/*-est-s*
+fi
 
 # Every table's rows, as the scripts define them (their TABLES): table|script|task|model|tag|
 # seeds|ckpt|args|quick. A table's runs finish before the next table starts (transfer needs them).

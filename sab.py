@@ -16,6 +16,7 @@ Models (`--model`):
 """
 import math
 import statistics
+import time
 
 import torch
 import torch.nn as nn
@@ -96,7 +97,8 @@ class SAB(nn.Module):
     memories) and grew to 1e13 in copy T=100 training; through values alone each hop multiplies
     by a_i <= 1. W_k, v and the query still learn from the scores (docs/sab.md, "Stability").
 
-    Special cases: k_top = 0 is an LSTM with truncated BPTT; k_top = 0 and k_trunc = 0 is a
+    Special cases: k_top = 0 is an LSTM with truncated BPTT, run as one fused LSTM call
+    (torch.lstm, cuDNN on a GPU) per window of k_trunc steps; k_top = 0 and k_trunc = 0 is a
     plain LSTM with full BPTT (numerically equal to nn.LSTM with the same weights);
     attention="dense" replaces the sparsifier by a softmax over every memory, all in the graph
     ("LSTM + full self-attention", the paper's baseline; its memory grows as O(T^2 / k_att)).
@@ -174,9 +176,12 @@ class SAB(nn.Module):
         else:
             h, c = state
         # memory: (memories (B, M, H), keys (B, M, A)) as graph tensors for dense attention in
-        # training; else (bank, token), the memories outside the graph (see MemoryBank)
-        dense_graph = self.attention == "dense" and torch.is_grad_enabled()
-        memory = (None, None) if dense_graph else (MemoryBank(T // self.k_att + 1), None)
+        # training and for any model being compiled (torch.compile cannot trace the bank's
+        # hand-written backward; see `attend`); else (bank, token), the memories outside the
+        # graph (see MemoryBank)
+        in_graph = torch.is_grad_enabled() and (self.attention == "dense"
+                                                or torch.compiler.is_compiling())
+        memory = (None, None) if in_graph else (MemoryBank(T // self.k_att + 1), None)
         if self.attends and self.h0_memory:
             memory = self._write(memory, 0, h)
         seg = self.checkpoint_every if self.checkpoint_every > 0 and torch.is_grad_enabled() else T
@@ -195,6 +200,8 @@ class SAB(nn.Module):
 
     def _segment(self, x, h, c, memory, t0):
         """Runs steps t0 .. t0+len(x)-1. x: (S, B, D)."""
+        if not self.attends and not torch.compiler.is_compiling():
+            return self._lstm_segment(x, h, c, memory, t0)
         outputs, summaries = [], []
         first = int(self.h0_memory)  # slot of the first memory written by a step
         # unbind, not x[t]: indexing a tensor that needs grad inside the loop makes backward O(T^2)
@@ -216,6 +223,26 @@ class SAB(nn.Module):
             summaries.append(summary)
         return torch.stack(outputs), torch.stack(summaries), h, c, memory
 
+    def _lstm_segment(self, x, h, c, memory, t0):
+        """Without attention the step loop is an LSTM with (h, c) detached every k_trunc steps:
+        one fused call (torch.lstm, what nn.LSTM runs: cuDNN on a GPU) per truncation window,
+        with the cell's own weights. The same values and gradients as the loop (tested)."""
+        weights = [self.cell.weight_ih, self.cell.weight_hh, self.cell.bias_ih, self.cell.bias_hh]
+        k, parts = self.k_trunc, [x]
+        if k:  # the windows between truncation points (steps t with t % k == 0)
+            first = -t0 % k  # steps before the first one
+            parts = [p for p in [x[:first], *x[first:].split(k)] if len(p)]
+        outputs = []
+        for i, part in enumerate(parts):
+            if k and (i > 0 or t0 % k == 0):
+                h, c = h.detach(), c.detach()
+            out, h, c = torch.lstm(part, (h[None], c[None]), weights, True, 1, 0.0,
+                                   self.training, False, False)
+            h, c = h[0], c[0]
+            outputs.append(out)
+        out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return out, torch.zeros_like(out), h, c, memory
+
     def _write(self, memory, slot, h):
         """Adds h (B, H) and its key W_k h (B, A), computed once per memory, as memory `slot`;
         returns the memory (new tensors if dense)."""
@@ -231,13 +258,12 @@ class SAB(nn.Module):
         """sum_i a_i m_i (B, H) for h^(t) (B, H) over the n oldest memories (those old enough:
         min_age)."""
         query = self.query(h_hat)                                                # (B, A)
-        if self.attention == "dense":  # softmax over all n memories
-            if isinstance(memory[0], MemoryBank):  # no grad: the bank's buffers, bounded memory
-                bank = memory[0]
-                w = torch.softmax(bank.score_all(query, self.score.weight[0], n), dim=1)  # (B, n)
-                summary = torch.bmm(w[:, None].to(bank.mem.dtype), bank.mem[:, :n]).squeeze(1)
-            else:  # (B, M, .) graph tensors of every memory written: the n oldest
-                summary, w = self.attend(query, memory[0][:, :n], memory[1][:, :n])
+        if not isinstance(memory[0], MemoryBank):  # (B, M, .) graph tensors: the n oldest
+            summary, w, index = self.attend(query, memory[0][:, :n], memory[1][:, :n])
+        elif self.attention == "dense":  # no grad: the bank's buffers, bounded memory
+            bank = memory[0]
+            w = torch.softmax(bank.score_all(query, self.score.weight[0], n), dim=1)  # (B, n)
+            summary = torch.bmm(w[:, None].to(bank.mem.dtype), bank.mem[:, :n]).squeeze(1)
             index = torch.arange(n, device=w.device).expand_as(w)
         else:  # every score outside the graph; the k_top+1 selected recomputed in backward
             bank, token = memory
@@ -248,15 +274,25 @@ class SAB(nn.Module):
         return summary
 
     def attend(self, query, mem, keys):
-        """The dense attention read of the `attn` baseline, in the graph: s_j = v . tanh(W_q h^(t)
-        + b + W_k m_j), a = softmax(s), read = sum_j a_j m_j.
+        """The attention read with every memory and score in the autograd graph: s_j = v .
+        tanh(W_q h^(t) + b + W_k m_j), then a = softmax(s) (the `attn` baseline) or `sparsify`'s
+        k_top weights (SAB when compiled: the plain form of `_SparseRead`, the same values and
+        gradients), read = sum_j a_j m_j.
         Args: query (B, A) = W_q h^(t) + b; mem (B, M, H); keys (B, M, A) = W_k m_j, computed
             once per memory by `_write`.
-        Returns: read (B, H), weights (B, M).
+        Returns: read (B, H); weights (B, K) and index (B, K) long of the memories read (K = M
+            for softmax).
         """
         s = self.score(torch.tanh(keys + query[:, None])).squeeze(2)             # (B, M)
-        w = torch.softmax(s, dim=1, dtype=torch.promote_types(s.dtype, torch.float32))  # (B, M)
-        return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1), w            # (B, H)
+        B, M, H = mem.shape
+        if self.attention == "dense":
+            w = torch.softmax(s, dim=1, dtype=torch.promote_types(s.dtype, torch.float32))
+            index = torch.arange(M, device=w.device).expand_as(w)
+            return torch.bmm(w[:, None].to(mem.dtype), mem).squeeze(1), w, index  # (B, H)
+        w, index = sparsify(s, self.k_top, self.norm_eps)                         # (B, K)
+        rows = (index + torch.arange(B, device=index.device)[:, None] * M).view(-1)
+        picked = mem.reshape(B * M, H).index_select(0, rows).view(B, -1, H)  # not gather: it
+        return (w[:, :, None].to(mem.dtype) * picked).sum(1), w, index       # saves all of mem
 
 
 class MemoryBank:
@@ -604,6 +640,15 @@ def learning_rate(args, step):
     return lr
 
 
+def training_loss(model, kind, x, y, amp_dtype=None):
+    """The loss a training step backpropagates: the forward pass of `model` on x (T, B) under
+    autocast if amp_dtype is set, then the task's loss (kind: see tasks.loss_and_stats), a
+    scalar tensor (mean cross-entropy in nats, or MSE)."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(x)
+    return tasks.loss_and_stats(kind, out, y, stats=False)[0]
+
+
 @torch.no_grad()
 def evaluate(model, task, split, device, amp_dtype, limit=None, diagnostics=False):
     """Metrics of `model` on a split (see tasks.summarize), under autocast if amp_dtype is set.
@@ -673,10 +718,12 @@ def bank_mib(model, T, B, dtype=torch.float32):
 
 def run_benchmark(args, device, amp_dtype, rounds=5):
     """Forward+backward time and memory of this model against an LSTMCell loop and nn.LSTM of
-    the same hidden size, all under the same autocast setting, in one run.
+    the same hidden size, all under the same autocast setting, in one run; with --compile also
+    the model compiled (tasks.compiled: the forward pass as one graph, its backward another),
+    whose compile time (the first call) is printed below the table.
 
     Time: the median over `rounds` rounds, each timing one call of every model in turn, so that a
-    slow spell of a shared machine hits the three alike; the ratio to the LSTMCell loop is the
+    slow spell of a shared machine hits them alike; the ratio to the LSTMCell loop is the
     median of the rounds' ratios, with their range. Memory: one call each (tasks.benchmark)."""
     B, H, D = args.batch_size, args.hidden_size, 10
     lengths = [args.seq_len] if args.seq_len_given else [100, 300, 1000]
@@ -687,24 +734,28 @@ def run_benchmark(args, device, amp_dtype, rounds=5):
     mem_name = "peak CUDA MiB" if device.type == "cuda" else "saved-for-backward MiB"
     print(f"| model | T | ms / batch | time / LSTMCell loop (range over rounds) | {mem_name} | "
           f"memory bank MiB | memory / nn.LSTM |\n|---|---|---|---|---|---|---|")
+    compile_seconds = {}
     for T in lengths:
         x = torch.randn(T, B, D, device=device)
         sab = SAB(D, H, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
                   attention="dense" if args.model == "attn" else "sparse",
                   checkpoint_every=checkpoint_segment(args.k_trunc, T) if args.grad_checkpoint
                   else 0).to(device)
-        models = {"LSTMCell loop": LSTMCellLoop(D, H), "nn.LSTM": nn.LSTM(D, H),
-                  f"{args.model} (SAB class)": sab}
+        models = {"LSTMCell loop": LSTMCellLoop(D, H).to(device),
+                  "nn.LSTM": nn.LSTM(D, H).to(device), f"{args.model} (SAB class)": sab}
+        if args.compile:
+            models[f"{args.model} (SAB class), compiled"] = tasks.compiled(sab, args, device)
         steps, mems, times = {}, {}, {name: [] for name in models}
         for name, model in models.items():
-            model.to(device)
-
             def fn(model=model):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = model(x)[0]
                 out.float().sum().backward()
             steps[name] = fn
+            start = time.perf_counter()
             mem = tasks.benchmark(fn, device, repeats=0)[1]  # warm-up and memory, untimed
+            if name.endswith("compiled"):
+                compile_seconds[T] = time.perf_counter() - start
             mems[name] = mem, (bank_mib(model, T, B) if device.type == "cpu" else 0.0)  # CUDA
         for _ in range(rounds):                                     # peak counts the bank
             for name, fn in steps.items():
@@ -714,20 +765,26 @@ def run_benchmark(args, device, amp_dtype, rounds=5):
             (mem, bank), lstm = mems[name], sum(mems["nn.LSTM"])
             print(f"| {name} | {T} | {statistics.median(times[name]) * 1e3:.1f} | "
                   f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
-                  f"{mem:.1f} | {bank:.1f} | {(mem + bank) / lstm:.2f}x |")
+                  f"{mem:.1f} | {bank:.1f} | {(mem + bank) / lstm:.2f}x |", flush=True)
+    for T, sec in compile_seconds.items():
+        print(f"compiled at T = {T}: the first call (compiling) took {sec:.0f} s")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device, amp_dtype, use_scaler = tasks.setup(args)
     if args.benchmark:
-        return run_benchmark(args, device, amp_dtype)
+        return run_benchmark(args, *tasks.setup(args)[:2])
     tasks.Run.preflight("sab.py", args)  # refusals before any data is loaded
     try:
         task = tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
                                args.test_seq_len, eval_size=args.eval_size)
     except tasks.DataError as e:
         raise SystemExit(f"error: {e}")
+
+    def probe(dev, amp_dtype):  # one training step of this run on `dev`, for --device auto
+        net, (x, y) = build_model(args, task).to(dev), (v.to(dev) for v in task.train_batch(0))
+        return lambda: training_loss(net, task.kind, x, y, amp_dtype).backward()
+    device, amp_dtype, use_scaler = tasks.setup(args, probe)
     model = tasks.build(lambda: build_model(args, task).to(device), args)
     if args.grad_checkpoint:
         model.rnn.checkpoint_every = checkpoint_segment(args.k_trunc, args.seq_len)
@@ -736,13 +793,13 @@ def main(argv=None):
     run = tasks.Run("sab.py", args, task, model, dict(opt=opt, scaler=scaler), device, argv,
                     meta=dict(net=model.config),  # resume, lock, Ctrl-C, checkpoints, results
                     added=dict(min_age=1))        # --min-age is newer than some checkpoints
+    forward_loss = tasks.compiled(  # with --compile one graph, and its backward another
+        lambda x, y: training_loss(model, task.kind, x, y, amp_dtype), args, device)
 
     grad_norms = []  # gradient norms before clipping since the last evaluation
     while run.training():
         x, y = (v.to(device) for v in task.train_batch(run.step))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(x)
-        loss, _ = tasks.loss_and_stats(task.kind, out, y, stats=False)
+        loss = forward_loss(x, y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

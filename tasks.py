@@ -576,6 +576,10 @@ def common_parser(description, tasks, models, epilog=None):
       help="CPU-scale preset that runs in minutes (what it sets per task: below)")
     a("--benchmark", action="store_true",
       help="time forward+backward and peak memory against nn.LSTM, then exit")
+    a("--compile", action="store_true",
+      help="compile the forward pass and loss of a training step with torch.compile (one graph, "
+           "its backward compiled too; on CUDA with CUDA graphs); same results to float32 "
+           "rounding, compiled once at the start")
     a("--threads", type=positive_int, default=1,
       help="torch CPU threads; the numbers of a run depend on it (rounding), so the default is "
            "the same on every machine")
@@ -629,9 +633,17 @@ def run_main(main):
             Run.active.close()
 
 
-def setup(args):
+def setup(args, probe=None):
     """Threads, device, AMP and the seed of a run: returns (device, autocast dtype or None, use
-    GradScaler). SystemExit for a device or an AMP mode this machine lacks."""
+    GradScaler). SystemExit for a device or an AMP mode this machine lacks.
+
+    --device auto: the CPU without a GPU. With one, the faster of the two for this run when
+    `probe` is given: probe(device, amp_dtype) returns a function that takes one training step
+    (forward and backward) of this run there; the median of 3 timed steps, after a warm-up step,
+    decides, and one line says which device and both times (a step loop of small operations can
+    be faster on one CPU thread than on a GPU, which waits on kernel launches). The random state
+    is restored, so the run is what --device would give. Without a probe (--benchmark), or with
+    --compile (which is for CUDA graphs): the GPU."""
     torch.set_num_threads(args.threads)
     # Flush float32 values below 1.2e-38 to zero on CPU. Gradients that vanish through a long
     # LSTM reach that range, and arithmetic on such subnormal numbers is slow: adding at
@@ -640,17 +652,68 @@ def setup(args):
     torch.set_flush_denormal(True)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
-    amp = args.amp
-    if amp == "fp16" and device.type == "cpu":
+    if args.amp == "fp16" and args.device == "cpu":
         raise SystemExit("error: --amp fp16 needs a CUDA device; on CPU use --amp bf16")
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    if args.device == "auto" and device.type == "cuda" and probe and not args.compile:
+        seconds = {}
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+        for d in (torch.device("cpu"), device):
+            if args.amp != "fp16" or d.type == "cuda":
+                seconds[d] = _seconds_per_step(probe(d, _amp(args, d)[0]), d)
+        torch.set_rng_state(rng[0])
+        torch.cuda.set_rng_state_all(rng[1])
+        device = min(seconds, key=seconds.get)
+        print(f"== --device auto: {device.type}, the faster for this run: "
+              + ", ".join(f"{t * 1e3:.1f} ms per training step on {hardware(d)}"
+                          for d, t in seconds.items()))
+    torch.manual_seed(args.seed)
+    return (device, *_amp(args, device))
+
+
+def _amp(args, device):
+    """(autocast dtype or None, use GradScaler) of --amp on `device`."""
+    amp = args.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    torch.manual_seed(args.seed)
-    if amp == "off":
-        return device, None, False
-    return device, *((torch.bfloat16, False) if amp == "bf16" else (torch.float16, True))
+    return {"off": (None, False), "bf16": (torch.bfloat16, False),
+            "fp16": (torch.float16, True)}[amp]
+
+
+def _seconds_per_step(step, device, repeats=3):
+    """The median time of `repeats` calls of step() on `device`, after one warm-up call."""
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[repeats // 2]
+
+
+def compiled(fn, args, device):
+    """fn, or with --compile torch.compile(fn, fullgraph=True): the forward pass and loss of a
+    training step as one graph (an error, not a silent fallback, if it cannot be one), whose
+    backward AOTAutograd compiles too. On CUDA with mode "reduce-overhead": CUDA graphs replay
+    the step's kernels without a launch each. nn.LSTM / nn.RNN are traced into their cell-level
+    operations (Dynamo's allow_rnn); on CPU with oneDNN off, whose fused LSTM cannot be compiled
+    for training (PyTorch issue 158007)."""
+    if not args.compile:
+        return fn
+    torch._dynamo.config.allow_rnn = True
+    fast = torch.compile(fn, fullgraph=True,
+                         mode="reduce-overhead" if device.type == "cuda" else None)
+    if device.type != "cpu":
+        return fast
+
+    def run(*inputs):
+        enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+        try:
+            return fast(*inputs)
+        finally:
+            torch.backends.mkldnn.enabled = enabled
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -774,7 +837,7 @@ def _step_mib(step_fn, device):
 RESUMABLE_FLAGS = {"steps", "ss_steps", "time_budget", "eval_every", "test_size", "test_seq_len",
                    "resume", "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
                    "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark", "unconfirmed",
-                   "stop_at", "steps_like"}
+                   "stop_at", "steps_like", "compile"}
 
 
 def default_tag(base, args, parse_args, argv=None):
@@ -881,6 +944,8 @@ class Run:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._handlers[sig] = signal.signal(sig, self._on_signal)
         self.t_start, self.last_save = time.time() - self.elapsed, time.time()
+        self._bad_step = self._bad_loss = None  # see step_done
+        self._shown = time.time()
         self.bar = tqdm(total=args.steps, initial=self.step, mininterval=5, desc=self.name,
                         disable=not self.training(), dynamic_ncols=True)
 
@@ -902,15 +967,31 @@ class Run:
         return bool(budget) and time.time() - self.t_start > budget * 60
 
     def step_done(self, loss):
-        """Counts an optimizer update. A loss that is not finite ends training (see _diverged);
-        writes a checkpoint every --checkpoint-minutes; on SIGINT / SIGTERM writes one and exits
-        with the command that resumes."""
+        """Counts an optimizer update without a host synchronisation: the loss stays on its
+        device, where the first non-finite one is remembered. It is read at every evaluation,
+        checkpoint and signal and every few seconds (with the progress bar), and a non-finite
+        loss then ends training at the step it occurred (see _diverged). Writes a checkpoint
+        every --checkpoint-minutes; on SIGINT / SIGTERM writes one and exits with the command
+        that resumes."""
         self.step += 1
-        value = loss.item()
+        loss = loss.detach()
+        if self._bad_step is None:  # device scalars: the first non-finite step and its loss
+            self._bad_step = torch.full((), -1, device=loss.device)
+            self._bad_loss = torch.zeros((), device=loss.device)
+        new = ~torch.isfinite(loss) & (self._bad_step < 0)
+        self._bad_step = torch.where(new, self.step, self._bad_step)
+        self._bad_loss = torch.where(new, loss.float(), self._bad_loss)
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-        if not math.isfinite(value):
-            return self._diverged(f"non-finite loss {value} at step {self.step}")
+        now = time.time()
+        timer = now - self.last_save > self.args.checkpoint_minutes * 60
+        if not (self.interrupted or timer or self.eval_due() or now - self._shown > 5):
+            return
+        self._shown = now
+        bad = int(self._bad_step)  # the host synchronisation, every few seconds at most
+        if bad >= 0:
+            self.step = bad  # what trained after it is not this run's result
+            return self._diverged(f"non-finite loss {float(self._bad_loss)} at step {bad}")
+        self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
         if self.interrupted:
             if not self.save_last():
                 return  # diverged: finish() tests the best checkpoint
@@ -918,7 +999,7 @@ class Run:
                            + ([] if "--resume" in self.argv else ["--resume"]))
             self._fail(f"{self.interrupted}: checkpoint of step {self.step} written to "
                        f"{self.last_path}; to continue: {cmd}", code=130)
-        if not self.eval_due() and time.time() - self.last_save > self.args.checkpoint_minutes * 60:
+        if timer and not self.eval_due():
             self.save_last()  # (an evaluation step writes its checkpoint in log())
 
     def eval_due(self):
@@ -1348,10 +1429,12 @@ def paper_tables(records, failures=None):
     return "\n".join(out)
 
 
-def time_estimates(records):
+def time_estimates(records, previous=()):
     """Markdown: the hours each paper table takes at the papers' settings (one seed) on the device
     of the `run_all.sh --estimate` runs among `records`, or "" if there are none. A timing run's
-    hours = wall_seconds / steps_done x its configured steps (evaluation not counted)."""
+    hours = wall_seconds / steps_done x its configured steps (evaluation not counted).
+    `previous`: the records of the estimate before (run_all.sh keeps them in
+    estimate-previous/); each table and the total then get the ratio of now to then."""
     est = [r for r in records if is_estimate(r)]
     if not est:
         return ""
@@ -1359,22 +1442,31 @@ def time_estimates(records):
            "`bash run_all.sh --estimate`: every run trains for a short time budget with the "
            "papers' settings; its hours = (wall seconds / steps done) x the paper's number of "
            "steps, summed over the table's rows (one seed; evaluation not counted).", "",
-           "| table | rows timed | estimated hours | longest row | device |",
-           "|---|---|---|---|---|"]
+           "| table | rows timed | estimated hours | longest row | device | "
+           "ratio to the previous estimate |", "|---|---|---|---|---|---|"]
+    totals = [0.0, 0.0]  # now and then, over the tables timed both times
     for name, (title, rows) in paper_table_defs().items():
-        hours = {row["label"]: (r["wall_seconds"] / max(r["steps_done"], 1) * r["config"]["steps"]
-                                / 3600, r["hardware"])
-                 for row in rows for r in est if _matches(r, row)}
+        hours, before = ({row["label"]: (r["wall_seconds"] / max(r["steps_done"], 1)
+                                         * r["config"]["steps"] / 3600, r["hardware"])
+                          for row in rows for r in recs if is_estimate(r) and _matches(r, row)}
+                         for recs in (est, previous))
         if all(row["test_ratio"] for row in rows):
-            out.append(f"| {name} | evaluation only | | | |")
+            out.append(f"| {name} | evaluation only | | | | |")
         elif not hours:
-            out.append(f"| {name} | 0 of {len(rows)} | not timed | | |")
+            out.append(f"| {name} | 0 of {len(rows)} | not timed | | | |")
         else:
             longest = max(hours, key=lambda k: hours[k][0])
-            out.append(f"| {name} | {len(hours)} of {len(rows)} | "
-                       f"{sum(h for h, _ in hours.values()):,.1f} | {longest} "
+            now = sum(h for h, _ in hours.values())
+            then = sum(h for h, _ in before.values())
+            ratio = f"{now / then:.2f}x (then {then:,.1f} h)" if then else "not timed before"
+            if then:
+                totals = [totals[0] + now, totals[1] + then]
+            out.append(f"| {name} | {len(hours)} of {len(rows)} | {now:,.1f} | {longest} "
                        f"({hours[longest][0]:,.1f} h) | "
-                       f"{', '.join(sorted({d for _, d in hours.values()}))} |")
+                       f"{', '.join(sorted({d for _, d in hours.values()}))} | {ratio} |")
+    if totals[1]:
+        out.append(f"| all tables timed both times | | {totals[0]:,.1f} | | | "
+                   f"{totals[0] / totals[1]:.2f}x (then {totals[1]:,.1f} h) |")
     return "\n".join(out) + "\n"
 
 
@@ -1395,9 +1487,13 @@ def _main():
         folder = args.files[0]
         records = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
                    if f.endswith(".json")]
+        before = os.path.join(folder, "estimate-previous")
+        previous = [json.load(open(os.path.join(before, f))) for f in sorted(os.listdir(before))
+                    if f.endswith(".json")] if os.path.isdir(before) else []
         with open(os.path.join(folder, "TABLES.md"), "w") as f:
             f.write(f"# Headline tables ({len(records)} runs)\n\n"
-                    + paper_tables(records, failed_runs(folder)) + time_estimates(records))
+                    + paper_tables(records, failed_runs(folder))
+                    + time_estimates(records, previous))
         print(f"wrote {os.path.join(folder, 'TABLES.md')}")
         return
     records = [json.load(open(f)) for f in sorted(args.files)]

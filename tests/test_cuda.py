@@ -12,6 +12,7 @@ import torch
 
 import indrnn
 import sab
+from test_compile import compiled_equals_eager, rlstm_on_a_tiny_task
 from test_indrnn import irnn_dtypes_under_autocast
 from test_indrnn_triton import _value_and_grads
 
@@ -70,6 +71,17 @@ def test_the_first_use_check_inside_gradient_checkpointing_on_cuda(monkeypatch):
         out = net(torch.randn(50, 4, 2, device="cuda"))[0]
     out.float().sum().backward()
     assert list(indrnn._TRITON_OK.values()) == [True]  # checked once, and it passed
+
+
+@pytest.mark.parametrize("script,model", [("sab.py", "sab"), ("sab.py", "tbptt"),
+                                          ("rlstm.py", "rlstm"), ("indrnn.py", "indrnn")])
+def test_the_compiled_training_step_trains_as_eager_does_on_cuda(script, model, tmp_path,
+                                                                 monkeypatch):
+    """--compile on CUDA: mode "reduce-overhead" (CUDA graphs), the same losses and weights."""
+    import torch._inductor.config
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    rlstm_on_a_tiny_task(monkeypatch)
+    compiled_equals_eager(script, model, tmp_path, "--device", "cuda")
 
 
 def test_a_run_on_cuda_resumes(tmp_path):

@@ -100,10 +100,12 @@ def test_aux_windows_are_the_elements_before_or_after_the_anchor():
     assert r[:, :, 0].t().tolist() == [[20, 30, 40, 50], [71, 81, 91, 101], [162, 172, 182, 192]]
     p = rlstm.aux_windows("p", x, anchors[:, :2], 4)  # x[a-1 .. a+2]
     assert p[:, :, 0].t().tolist() == [[50, 60, 70, 80], [101, 111, 121, 131]]
-    with pytest.raises(ValueError, match="anchors out of range"):
-        rlstm.aux_windows("r", x, torch.tensor([[3, 11, 20]]), 4)   # 3 - 4 < 0
-    with pytest.raises(ValueError, match="anchors out of range"):
-        rlstm.aux_windows("p", x, torch.tensor([[6, 11, 20]]), 4)   # 19 + 4 > T
+    # RLSTM checks the anchors it is given (aux_windows does not: it would synchronise)
+    y = torch.zeros(B, dtype=torch.long)
+    for kind, anchors in (("r", [[3, 11, 20]]), ("p", [[6, 11, 20]])):  # 3 - 4 < 0; 19 + 4 > T
+        model = rlstm.RLSTM(300, 3, kind=kind, aux_len=4, embed=4, hidden=6, ffn=8, aux_hidden=6)
+        with pytest.raises(ValueError, match="anchors out of range"):
+            model(x, y, anchors=torch.tensor(anchors))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,7 +348,7 @@ def test_two_phase_schedule(tiny, tmp_path, monkeypatch):
     rec = _run(tmp_path, "--steps", "8", "--pretrain-epochs", "0.125",
                "--eval-every", "4", "--ss-max", "0.4", "--ss-steps", "4")
     assert [f[0] for f in flags] == [False] * 4 + [True] * 4
-    assert [round(f[1], 2) for f in flags] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4]
+    assert [round(float(f[1]), 2) for f in flags] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4]
     assert rec["pretrain_steps"] == 4
     assert [h["phase"] for h in rec["history"]] == ["pretrain", "joint"]
     assert "sup_loss" not in rec["history"][0] and "sup_loss" in rec["history"][1]

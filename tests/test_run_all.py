@@ -157,3 +157,28 @@ def test_an_empty_dataset_folder_left_by_a_failed_download_schedules_nothing(tmp
                        capture_output=True, text=True, env=ENV)
     assert r.returncode == 0 and "skipping rlstm-dbpedia: no data" in r.stdout
     assert not [l for l in r.stdout.splitlines() if l.startswith("python ")]
+
+
+def test_a_second_estimate_times_every_run_again_and_keeps_the_first_to_compare(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(  # records the runs; lists the rows with the real python
+        f'#!/bin/sh\n[ "$1" = "tasks.py" ] && exec {sys.executable} "$@"\n'
+        f'echo "$*" >> {tmp_path}/calls\n')
+    (bin_dir / "python").chmod(0o755)
+    env = {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}"}
+    out = tmp_path / "r"
+    (out / "ckpt").mkdir(parents=True)
+    (out / "indrnn-ptb-indrnn-T50-est-s0.json").write_text("{}")  # the estimate before
+    (out / "ckpt" / "indrnn-ptb-indrnn-T50-est-s0.pt").write_text("")
+    (out / "indrnn-ptb-indrnn-T50-s0.json").write_text("{}")  # a real run: stays
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--estimate", "--only",
+                        "indrnn-ptb", "--out-dir", str(out)], capture_output=True, text=True,
+                       env=env)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len([c for c in calls if "indrnn.py --task ptb" in c]) == 2  # both rows timed again
+    assert not any("--resume" in c for c in calls)
+    assert (out / "estimate-previous" / "indrnn-ptb-indrnn-T50-est-s0.json").exists()
+    assert (out / "indrnn-ptb-indrnn-T50-s0.json").exists()
+    assert not list((out / "ckpt").glob("*est*"))
+    assert "estimate-previous" not in r.stderr

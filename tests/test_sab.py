@@ -88,6 +88,47 @@ def test_sab_without_attention_or_truncation_equals_nn_lstm():
     assert torch.allclose(gx, gref, atol=1e-6)
 
 
+def step_loop(model, x, state=None):
+    """SAB without attention written as the textbook truncated BPTT loop: nn.LSTMCell steps,
+    (h, c) detached at every t with t % k_trunc == 0. Returns h(t) (T, B, H)."""
+    h, c = state if state is not None else (x.new_zeros(x.shape[1], model.hidden_size),) * 2
+    outputs = []
+    for t, x_t in enumerate(x.unbind(0)):
+        if model.k_trunc and t % model.k_trunc == 0:
+            h, c = h.detach(), c.detach()
+        h, c = model.cell(x_t, (h, c))
+        outputs.append(h)
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("k_trunc,checkpoint_every", [(5, 0), (0, 0), (4, 7), (1, 0), (30, 0)])
+def test_the_fused_lstm_path_equals_the_step_loop(k_trunc, checkpoint_every):
+    # tbptt and lstm run one fused LSTM call per truncation window: the same values and the
+    # same gradients (inputs, weights and a given initial state) as the step loop, with T not a
+    # multiple of k_trunc and checkpoint segments that begin between truncation points
+    torch.manual_seed(0)
+    model = sab.SAB(3, 6, k_top=0, k_trunc=k_trunc, checkpoint_every=checkpoint_every).double()
+    x = torch.randn(23, 4, 3, dtype=torch.float64, requires_grad=True)
+    state = [torch.randn(4, 6, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+
+    def run(forward):
+        model.zero_grad()
+        for t in (x, *state):
+            t.grad = None
+        out = forward()
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        return [out.detach(), x.grad] + [t.grad for t in state] + [
+            p.grad for p in model.parameters() if p.grad is not None]
+
+    fused = run(lambda: model(x, tuple(state))[0])
+    loop = run(lambda: step_loop(model, x, tuple(state)))
+    assert len(fused) == len(loop) == 8  # h, and the gradients of x, h0, c0 and the cell
+    assert (fused[2] is None) == (loop[2] is None) == bool(k_trunc)  # t = 0 is a truncation point
+    for a, b in zip(fused, loop):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("attention", ["sparse", "dense"])
 def test_min_age_reads_only_memories_old_enough(attention):
     torch.manual_seed(0)

@@ -244,10 +244,18 @@ def test_estimate_runs_stay_out_of_the_results_and_give_hours_per_table():
     assert "| indrnn, T=100 | converges at T=100..5000 (Fig. 2; figure only) | no result yet | 0 | | | |" in lines
     assert "| lstm, T=1000 | fails from T=1000 on (Fig. 2; figure only) | 0.1700 | 1 | paper settings | CPU X | 2.0 min |" in lines
     est = tasks.time_estimates(records).splitlines()
-    assert "| indrnn-adding | 2 of 12 | 6.0 | indrnn, T=100 (5.0 h) | CPU X |" in est
-    assert "| sab-transfer | evaluation only | | | |" in est
-    assert "| indrnn-mnist | 0 of 4 | not timed | | |" in est
+    assert ("| indrnn-adding | 2 of 12 | 6.0 | indrnn, T=100 (5.0 h) | CPU X | "
+            "not timed before |") in est
+    assert "| sab-transfer | evaluation only | | | | |" in est
+    assert "| indrnn-mnist | 0 of 4 | not timed | | | |" in est
     assert tasks.time_estimates(records[2:]) == ""
+    # against the estimate before: each table's and the total's ratio of now to then
+    before = [timed("indrnn", "T100-est-s0", 60.0, 100, 60_000),    # 10 h
+              timed("lstm", "T5000-est-s0", 72.0, 10, 1_000)]      # 2 h
+    est = tasks.time_estimates(records, before).splitlines()
+    assert ("| indrnn-adding | 2 of 12 | 6.0 | indrnn, T=100 (5.0 h) | CPU X | "
+            "0.50x (then 12.0 h) |") in est
+    assert "| all tables timed both times | | 6.0 | | | 0.50x (then 12.0 h) |" in est
 
 
 def test_table_command_writes_tables_md(tmp_path):
@@ -412,3 +420,35 @@ def test_benchmark_times_only_calls_without_the_memory_hook(monkeypatch):
     calls.clear()
     assert tasks.benchmark(lambda: calls.append("step"), torch.device("cpu"), repeats=0)[0] is None
     assert calls == ["step", "hook on", "step", "hook off"], "repeats=0: warm-up and memory"
+
+
+def test_device_auto_picks_the_faster_device_for_the_run_and_says_so(monkeypatch, capsys):
+    """--device auto on a machine with a GPU times one training step of the run on each device
+    (the GPU faked here: the probe's steps sleep) and takes the faster, in one line."""
+    import argparse
+    import time
+    for name, fake in dict(is_available=lambda: True, synchronize=lambda device=None: None,
+                           get_rng_state_all=lambda: [], set_rng_state_all=lambda states: None,
+                           get_device_name=lambda device=None: "Fake GPU",
+                           is_bf16_supported=lambda: True).items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    probed = []
+
+    def probe(gpu_ms):
+        def make(device, amp_dtype):
+            probed.append((device.type, amp_dtype))
+            ms = gpu_ms if device.type == "cuda" else 2
+            return lambda: time.sleep(ms / 1000)
+        return make
+    args = argparse.Namespace(threads=1, device="auto", amp="auto", compile=False, seed=0)
+    device, amp_dtype, _ = tasks.setup(args, probe(gpu_ms=30))
+    out = capsys.readouterr().out
+    assert device.type == "cpu" and amp_dtype == torch.bfloat16
+    assert out.startswith("== --device auto: cpu, the faster for this run: ") and "Fake GPU" in out
+    assert probed == [("cpu", torch.bfloat16), ("cuda", torch.bfloat16)]
+    assert tasks.setup(args, probe(gpu_ms=0))[0].type == "cuda"
+    probed.clear()  # a device given, or --compile (for CUDA graphs): no probe
+    for flag, value, want in (("device", "cpu", "cpu"), ("compile", True, "cuda")):
+        given = argparse.Namespace(**{**vars(args), flag: value})
+        assert tasks.setup(given, probe(0))[0].type == want
+    assert probed == []
