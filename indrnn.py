@@ -19,13 +19,9 @@ each docstring names the helpers to copy with it. Shapes are time-major: x (T, B
 Sections of this file: the model (torch alone), the NTU RGB+D data (the one task only this script
 uses; the others come from tasks.py), the papers' configurations, training and the command line.
 """
-import argparse
-import ctypes
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 
@@ -812,12 +808,14 @@ MODELS = ["indrnn", "res-indrnn", "lstm", "irnn"]
 TASKS = ["adding", "mnist", "pmnist", "ptb", "ntu"]
 DEFAULTS = dict(hidden_size=128, lr=2e-4, clip=0.0, clip_value=10.0, mag=2.0, dropout=0.0,
                 bn="time", weight_decay=1e-4, eval_every=1000, eval_size=1000, lr_drop_every=0,
-                input_std=None)
+                input_std=None, stop_at=None)
 TASK_DEFAULTS = {
     # CVPR 4.1: 2 layers x 128, Adam 2e-4, lr / 10 every 20k steps, batch 50, no batch norm,
-    # input weights N(0, 0.001). Steps and the evaluation interval are ours.
+    # input weights N(0, 0.001). Ours: until validation MSE 0.01 (Fig. 2: converged), at most
+    # 60,000 steps (the authors' code), an evaluation every 500.
     "adding": dict(seq_len=1000, layers=2, batch_size=50, steps=60_000, eval_every=500,
-                   lr_drop_every=20_000, bn=None, weight_decay=0.0, input_std=1e-3),
+                   lr_drop_every=20_000, bn="none", weight_decay=0.0, input_std=1e-3,
+                   stop_at=0.01),
     # CVPR 4.2: 6 x 128, BN, Adam 2e-4, batch 32, lr / 10 every 600k of ~1.2M steps.
     "mnist": dict(seq_len=784, layers=6, batch_size=32, steps=1_200_000, eval_every=2000,
                   lr_drop_every=600_000, eval_size=3000),
@@ -840,10 +838,9 @@ MODEL_DEFAULTS = {  # (model, task) -> overrides; baselines are 1 layer (CVPR 4.
     ("res-indrnn", "pmnist"): dict(layers=11),
     ("res-indrnn", "ptb"): dict(layers=11, seq_len=150, dropout=0.3),
 }
-QUICK = {  # CPU scale, minutes
-    # T=1000 as in the paper; IndRNN and LSTM train side by side (see cli) for 2000 steps or 4
-    # minutes each, whichever comes first
-    "adding": dict(seq_len=1000, steps=2000, eval_every=250, eval_size=500, time_budget=4.0),
+QUICK = {  # CPU scale, minutes (adding: docs/indrnn.md says what the preset shows)
+    "adding": dict(seq_len=500, steps=4000, eval_every=250, eval_size=500, lr_drop_every=0,
+                   stop_at=None),
     "mnist": dict(layers=2, batch_size=64, lr=2e-3, steps=600, eval_every=200, eval_size=1000),
     "pmnist": dict(layers=2, batch_size=64, lr=2e-3, steps=600, eval_every=200, eval_size=1000),
     "ptb": dict(layers=2, hidden_size=256, batch_size=32, lr=2e-3, steps=2000, eval_every=500,
@@ -870,99 +867,86 @@ PAPER = {
     ("ntu-cv", "indrnn"): "87.97 (cross-view, 6 x 512)",
 }
 
-# The paper's tables, each row once: run_all.sh runs them, `python tasks.py table results/`
-# fills them. --quick trains adding at T/10.
+# The paper's tables, each row once (see tools/tables.py): run_all.sh runs them, the table
+# builder fills them. --quick trains adding at T/10.
 TABLES = {
     "indrnn-adding": ("IndRNN Fig. 2: adding problem, test MSE (0.167 = predicting 1)", [
-        tasks.row(f"{m}, T={T}", "adding", m, f"T{T}", f"--seq-len {T}",
-                  f"--seq-len {T // 10} --steps 20000 --time-budget 1.5",
-                  paper=PAPER[("adding", m)], metric="test_mse",
-                  # on CPU: IndRNN until validation MSE 0.01, each baseline as many steps
-                  cpu="--time-budget 180 " + ("--stop-at 0.01" if m == "indrnn"
-                                              else "--steps-like indrnn"))
+        dict(label=f"{m}, T={T}", task="adding", model=m, tag=f"T{T}", args=f"--seq-len {T}",
+             quick=f"--seq-len {T // 10} --steps 2000", paper=PAPER[("adding", m)],
+             metric="test_mse",  # on CPU: IndRNN until validation MSE 0.01 (at most 180 min),
+             cpu="--time-budget 180 " + ("--stop-at 0.01" if m == "indrnn"  # each baseline
+                                         else "--steps-like indrnn"))       # as many steps
         for m in ("indrnn", "lstm", "irnn") for T in (100, 500, 1000, 5000)]),
     "indrnn-mnist": ("IndRNN Table 2: sequential / permuted MNIST, test accuracy (%)", [
-        tasks.row(f"{m}, {t}", t, m, "T784", quick="--time-budget 1.5", ckpt=True,
-                  paper=PAPER[(t, m)])
+        dict(label=f"{m}, {t}", task=t, model=m, tag="T784", quick="--steps 150", ckpt=True,
+             paper=PAPER[(t, m)])
         for t in ("mnist", "pmnist") for m in ("indrnn", "res-indrnn")]),
     "indrnn-ptb": ("IndRNN Table 4: char-level PTB, test BPC", [
-        tasks.row("IndRNN 6 layers, T=50", "ptb", "indrnn", "T50", quick="--time-budget 1",
-                  paper=PAPER[("ptb", "indrnn")], metric="test_bpc"),
-        tasks.row("res-IndRNN 11 layers, T=150", "ptb", "res-indrnn", "T150",
-                  quick="--seq-len 150 --layers 3 --time-budget 1",
-                  paper=PAPER[("ptb", "res-indrnn")], metric="test_bpc")]),
+        dict(label="IndRNN 6 layers, T=50", task="ptb", model="indrnn", tag="T50",
+             quick="--steps 300", paper=PAPER[("ptb", "indrnn")], metric="test_bpc"),
+        dict(label="res-IndRNN 11 layers, T=150", task="ptb", model="res-indrnn", tag="T150",
+             quick="--seq-len 150 --layers 3 --steps 300", paper=PAPER[("ptb", "res-indrnn")],
+             metric="test_bpc")]),
     "indrnn-ntu": ("IndRNN Table 5: NTU RGB+D, test accuracy (%)", [
-        tasks.row(f"IndRNN 6 layers, {p}", "ntu", "indrnn", f"T20-{p}", f"--ntu-protocol {p}",
-                  f"--ntu-protocol {p}", paper=PAPER[(f"ntu-{p}", "indrnn")])
+        dict(label=f"IndRNN 6 layers, {p}", task="ntu", model="indrnn", tag=f"T20-{p}",
+             args=f"--ntu-protocol {p}", quick=f"--ntu-protocol {p}",
+             paper=PAPER[(f"ntu-{p}", "indrnn")])
         for p in ("cs", "cv")]),
 }
 
 
-def parse_args(argv=None):
-    """Command line -> argparse.Namespace: the shared flags of tasks.common_parser plus IndRNN's;
-    every option left unset takes the value of DEFAULTS < TASK_DEFAULTS < MODEL_DEFAULTS < QUICK
-    (with --quick). Exits with status 2 and a message for inconsistent options."""
-    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS,
-                            tasks.defaults_epilog(DEFAULTS, TASK_DEFAULTS, QUICK, MODEL_DEFAULTS))
-    p.add_argument("--mag", type=tasks.positive_float,
-                   help="MAG of the recurrent weight constraint |u| <= MAG^(1/T)")
-    p.add_argument("--dropout", type=tasks.fraction, help="time-shared dropout after each layer")
-    p.add_argument("--bn", choices=["time", "frame", "none"],
-                   help="batch norm between layers: over time and batch, frame-wise, or none")
-    p.add_argument("--weight-decay", type=tasks.nonneg_float, help="L2 on weights (never on u, biases, BN)")
-    p.add_argument("--clip-value", type=tasks.nonneg_float, help="clip each gradient value to +-this (0: off)")
-    p.add_argument("--lr-drop-every", type=tasks.nonneg_int,
-                   help="divide the lr by 10 every N steps (0: never; ptb: / 5 on plateau)")
-    p.add_argument("--input-std", type=tasks.positive_float,
-                   help="initialise input weights N(0, std) (default: PyTorch's)")
-    p.add_argument("--ntu-protocol", choices=["cs", "cv"], default="cs",
-                   help="NTU RGB+D: cross-subject or cross-view")
-    p.add_argument("--stop-at", type=tasks.positive_float,
-                   help="stop training once the validation metric reaches this value (MSE: at "
-                        "or below; accuracy in %%: at or above); Fig. 2 on CPU stops IndRNN at "
-                        "MSE 0.01")
-    p.add_argument("--steps-like", choices=MODELS,
-                   help="train as many steps as the finished run of this --model with the same "
-                        "task, --tag and --out-dir (give both runs the same --tag; Fig. 2: a "
-                        "baseline gets IndRNN's steps)")
-    args = p.parse_args(argv)
-    args.seq_len_given = args.seq_len is not None
-    args.batch_size_given = args.batch_size is not None
-    cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task],
-           **MODEL_DEFAULTS.get((args.model, args.task), {}),
-           **(QUICK[args.task] if args.quick else {})}
-    if args.task == "ntu" and args.ntu_protocol == "cv":
+def preset(seen):
+    """The defaults of a run: DEFAULTS < TASK_DEFAULTS < MODEL_DEFAULTS < QUICK (with --quick),
+    for the --task, --model, --quick, --seq-len and --ntu-protocol that `seen` found."""
+    cfg = {**DEFAULTS, **TASK_DEFAULTS[seen.task],
+           **MODEL_DEFAULTS.get((seen.model, seen.task), {}),
+           **(QUICK[seen.task] if seen.quick else {})}
+    if seen.task == "ntu" and seen.ntu_protocol == "cv":
         cfg["dropout"] = 0.1
-    if (args.model, args.task) == ("irnn", "adding") and (args.seq_len or cfg["seq_len"]) >= 1000:
+    if (seen.model, seen.task) == ("irnn", "adding") and (seen.seq_len or cfg["seq_len"]) >= 1000:
         cfg["lr"] = 1e-5  # CVPR 4.1: IRNN needs a smaller lr on long sequences
-    if args.model == "res-indrnn" and cfg["layers"] % 2 == 0:
+    if seen.model == "res-indrnn" and cfg["layers"] % 2 == 0:
         cfg["layers"] += 1  # presets count plain layers; a residual net has 1 + 2 * blocks
-    for k, v in cfg.items():  # command line wins over task defaults
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
-    tasks.check_args(p, args)
-    if args.bn == "none":
-        args.bn = None
+    return cfg
+
+
+def parse_args(argv=None):
+    """The command line in one pass, with the chosen task's, model's and --quick's defaults
+    (`--task mnist --help` shows MNIST's); a one-line usage error for anything inconsistent."""
+    p = tasks.common_parser(" ".join(__doc__.split("\n\n")[0].split()), TASKS, MODELS)
+    a = p.add_argument
+    a("--mag", type=tasks.positive_float, help="MAG of the recurrent constraint |u| <= MAG^(1/T)")
+    a("--dropout", type=tasks.fraction, help="time-shared dropout after each layer")
+    a("--bn", choices=["time", "frame", "none"],
+      help="batch norm between layers: over time and batch, frame-wise, or none")
+    a("--weight-decay", type=tasks.nonneg_float, help="L2 on weights (never on u, biases, BN)")
+    a("--clip-value", type=tasks.nonneg_float, help="clip each gradient value to +-this (0: off)")
+    a("--lr-drop-every", type=tasks.nonneg_int,
+      help="divide the lr by 10 every N steps (0: never; ptb: / 5 on plateau)")
+    a("--input-std", type=tasks.positive_float,
+      help="initialise input weights N(0, std) (without it: the authors' kaiming_uniform_)")
+    a("--ntu-protocol", choices=["cs", "cv"], default="cs",
+      help="NTU RGB+D: cross-subject or cross-view")
+    a("--steps-like", choices=MODELS, help="train as many steps as the finished run of this "
+      "--model with the same task, --tag and --out-dir (Fig. 2: a baseline gets IndRNN's steps)")
+    seen = tasks.first_look(p, argv, "--ntu-protocol")
+    p.set_defaults(**preset(seen))
+    args = tasks.parse(p, argv)
     if args.task in ("mnist", "pmnist") and args.seq_len != 784:
         p.error(f"--seq-len is fixed by the images for {args.task}: 784")
     if args.model == "res-indrnn" and (args.layers < 3 or args.layers % 2 == 0):
         p.error(f"--layers {args.layers}: res-indrnn has 1 + 2 * blocks layers (3, 5, ..., 11)")
     if args.grad_checkpoint and args.model not in ("indrnn", "res-indrnn"):
         p.error("--grad-checkpoint applies to indrnn and res-indrnn (nn.LSTM / nn.RNN are fused)")
-    if not 0 <= args.dropout < 1:
-        p.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.test_seq_len and args.task != "adding":
         p.error(f"--test-seq-len: only adding can be tested at another T, not {args.task}")
     if args.test_seq_len and args.bn == "frame" and args.test_seq_len != args.seq_len:
         p.error("--test-seq-len: frame-wise batch norm (--bn frame) has statistics for the "
                 "training T only")
-    args.tag = args.tag or tasks.default_tag(
-        f"T{args.seq_len}" + (f"-{args.ntu_protocol}" if args.task == "ntu" else "")
-        + ("-quick" if args.quick else ""), args, parse_args, argv)
+    args.tag = tasks.run_tag(p, args, f"T{args.seq_len}" + (
+        f"-{args.ntu_protocol}" if args.task == "ntu" else ""))
     if args.steps_like:  # the steps the other model's finished run took (its results file)
-        other = tasks.Run.paths("indrnn.py", argparse.Namespace(**{**vars(args),
-                                                                 "model": args.steps_like}))
-        path = os.path.join(args.out_dir, other[0] + ".json")
+        path = os.path.join(args.out_dir, f"indrnn-{args.task}-{args.steps_like}-{args.tag}.json")
         try:
             with open(path) as f:
                 record = json.load(f)
@@ -981,7 +965,8 @@ def build_model(args, task):
     """Net for the parsed options and a task (its n_in, n_out and kind)."""
     kw = {}
     if args.model in ("indrnn", "res-indrnn"):
-        kw = dict(dropout=args.dropout, batch_norm=args.bn, seq_len=args.seq_len, mag=args.mag,
+        kw = dict(dropout=args.dropout, batch_norm=None if args.bn == "none" else args.bn,
+                  seq_len=args.seq_len, mag=args.mag,
                   input_std=args.input_std, grad_checkpoint=args.grad_checkpoint)
     return Net(args.model, task.n_in, task.n_out, args.hidden_size, args.layers,
                per_step=task.kind == "lm", **kw)
@@ -1024,7 +1009,7 @@ def evaluate(model, task, split, device, amp_dtype, limit=None):
     return tasks.summarize(task.kind, total, split)
 
 
-def run_benchmark(args, device, amp_dtype):
+def run_benchmark(args, device, amp_dtype, argv=None):
     """Forward+backward time of one IndRNN layer (input projection + recurrence) against nn.LSTM
     of the same size in the same run, and the plain autograd loop for reference. Two input
     sizes: D = H (a layer inside a deep network) and D = 2 (the adding problem, where the Deep
@@ -1032,9 +1017,10 @@ def run_benchmark(args, device, amp_dtype):
     (recurrence_impl: the Triton kernel on CUDA, with a row for the loop Function beside it, or
     the loop), then a Markdown table: milliseconds per batch, speed-up over nn.LSTM, and MiB
     (peak CUDA memory, or tensors saved for backward on CPU)."""
-    B = args.batch_size if args.batch_size_given else 100  # the issue's setting: B=100, H=128
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    B = args.batch_size if "--batch-size" in given else 100  # the paper's: B=100, H=128
     H = args.hidden_size
-    lengths = [args.seq_len] if args.seq_len_given else [784, 1000, 5000]
+    lengths = [args.seq_len] if "--seq-len" in given else [784, 1000, 5000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: one layer, B={B}, "
           f"H={H}, forward + backward of sum(output), amp={amp_dtype}")
     impl = recurrence_impl(device)  # what the IndRNN rows run: the Triton kernel or the loop
@@ -1087,27 +1073,26 @@ def run_benchmark(args, device, amp_dtype):
                       f"{speedup:.{1 if speedup >= 0.1 else 3}f}x | {mem:.1f} |", flush=True)
 
 
+def probe(args, task, device, amp_dtype):
+    """One training step of this run on `device`, as a function (tasks.setup's --device auto)."""
+    net, (x, y) = build_model(args, task).to(device), (v.to(device) for v in task.train_batch(0))
+    return lambda: training_loss(net, task.kind, x, y, None, amp_dtype)[0].backward()
+
+
 def main(argv=None):
-    """Trains one model on one task (tasks.Run: resume, checkpoints, Ctrl-C, lock), then tests
-    the best validation checkpoint, writes <out-dir>/indrnn-<task>-<model>-<tag>[-test<T>].json
-    and returns that record (a dict). With --benchmark, runs run_benchmark and returns None.
-    Raises SystemExit with a one-line message for missing data, a refused run or divergence."""
+    """Trains one model on one task, tests its best validation checkpoint and writes
+    <out-dir>/indrnn-<task>-<model>-<tag>[-test<T>].json (the record, returned) and .csv (a row
+    per step). With --benchmark, runs run_benchmark and returns None."""
     args = parse_args(argv)
     if args.benchmark:
-        return run_benchmark(args, *tasks.setup(args)[:2])
-    tasks.Run.preflight("indrnn.py", args)  # refusals before any data is loaded
-    try:
-        task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
-                         args.test_seq_len, eval_size=args.eval_size,
-                         ntu_protocol=args.ntu_protocol)
-    except tasks.DataError as e:
-        raise SystemExit(f"error: {e}")
-
-    def probe(dev, amp_dtype):  # one training step of this run on `dev`, for --device auto
-        net, (x, y) = build_model(args, task).to(dev), (v.to(dev) for v in task.train_batch(0))
-        return lambda: training_loss(net, task.kind, x, y, None, amp_dtype)[0].backward()
-    device, amp_dtype, use_scaler = tasks.setup(args, probe)
-    model = tasks.build(lambda: build_model(args, task).to(device), args)
+        return run_benchmark(args, *tasks.setup(args)[:2], argv)
+    run = tasks.Run("indrnn.py", args, argv)  # refusals, lock and Ctrl-C before any data
+    task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
+                     args.test_seq_len, eval_size=args.eval_size, ntu_protocol=args.ntu_protocol)
+    device, amp_dtype, use_scaler = tasks.setup(args, lambda dev, amp: probe(args, task, dev, amp))
+    with torch.device("meta"):
+        tasks.check_fits(build_model(args, task), task, args, device)
+    model = build_model(args, task).to(device)
     opt = make_optimizer(model, args)
     if task.kind == "lm":  # PTB: lr / 5 when validation BPC stops improving (patience 20 evals)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.2, patience=20)
@@ -1115,11 +1100,9 @@ def main(argv=None):
         sched = torch.optim.lr_scheduler.StepLR(opt, args.lr_drop_every or 10**12, gamma=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     constrain = getattr(model.rnn, "constrain_", lambda: None)  # IndRNN models only
-    # the carried hidden state of language modelling lives in run.extra so that a resumed run
-    # continues with it (the windows of PTB are contiguous)
-    run = tasks.Run("indrnn.py", args, task, model, dict(opt=opt, sched=sched, scaler=scaler),
-                    device, argv, extra=dict(state=None))
-
+    # the hidden state carried from batch to batch (PTB's windows are contiguous): in run.extra,
+    # so that a resumed run continues with it
+    run.start(model, task, device, extra=dict(state=None), opt=opt, sched=sched, scaler=scaler)
     forward_loss = tasks.compiled(  # with --compile one graph (two for PTB: with a state or
         lambda x, y, state: training_loss(model, task.kind, x, y, state, amp_dtype),  # without)
         args, device)
@@ -1130,81 +1113,35 @@ def main(argv=None):
         if task.kind == "lm" and random.Random(args.seed * 1_000_003 + run.step).random() < 0.1:
             state = None  # the authors reset the carried state with probability 1/10 per batch
         loss, state = forward_loss(x, y, state if task.kind == "lm" else None)
-        run.extra["state"] = detach_state(state) if task.kind == "lm" else None  # carried
+        run.extra["state"] = detach_state(state) if task.kind == "lm" else None
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
+        norm = nn.utils.get_total_norm(p.grad for p in model.parameters() if p.grad is not None)
         if args.clip_value:
             nn.utils.clip_grad_value_(model.parameters(), args.clip_value)
         if args.clip:
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        lr = opt.param_groups[0]["lr"]
         scaler.step(opt)
         scaler.update()
         constrain()  # |u| <= MAG^(1/T) after every update (section 3.1)
         if task.kind != "lm":
             sched.step()
-        run.step_done(loss)
+        run.step_done(loss, grad_norm=norm, lr=lr)
         if run.eval_due():
             val = evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size)
             if task.kind == "lm":
                 sched.step(val[run.metric])
-            run.log(val, loss=loss.item(), lr=opt.param_groups[0]["lr"])
+            run.log(val)
 
     # Test at the best validation checkpoint.
+    model.load_state_dict(run.best_weights())
     key = args.task + (f"-{args.ntu_protocol}" if args.task == "ntu" else "")
-    return run.finish(lambda split, limit: evaluate(model, task, split, device, amp_dtype, limit),
+    return run.finish(evaluate(model, task, "test", device, amp_dtype, args.test_size),
+                      evaluate(model, task, "valid", device, amp_dtype, args.eval_size),
                       paper=PAPER.get((key, args.model), "UNCONFIRMED"))
 
 
-def _sigterm_with_parent(parent):
-    """preexec_fn of the side-by-side child: Linux sends it SIGTERM when `parent` dies, even
-    by kill -9 (prctl PR_SET_PDEATHSIG), so it checkpoints and stops instead of running on alone.
-    Elsewhere a no-op: a Ctrl-C or SIGTERM of the parent still stops it (cli's except)."""
-    def arm():
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent:  # the parent died before prctl: no signal will come
-            os._exit(1)
-    return arm
-
-
-def cli(argv=None):
-    """`python indrnn.py ...`. `--task adding --quick` without --model trains IndRNN and the LSTM
-    baseline side by side, one CPU thread each (the recurrence is too small to gain from more),
-    and prints both results: the paper's contrast in minutes."""
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    if not (args.quick and args.task == "adding" and not args.benchmark
-            and not any(a.startswith("--model") for a in argv)):
-        return main(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
-    log = os.path.join(args.out_dir, f"indrnn-adding-lstm-{args.tag}.log")
-    print(f"== --quick: IndRNN here, the LSTM baseline in parallel (its log: {log})")
-    with open(log, "w") as f:
-        lstm = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
-                                 "--model", "lstm", "--threads", "1", "--tag", args.tag],
-                                stdout=f, stderr=f,
-                                preexec_fn=_sigterm_with_parent(os.getpid()))
-        try:
-            records = [main(argv + ["--model", "indrnn", "--threads", "1", "--tag", args.tag])]
-        except BaseException:  # Ctrl-C, SIGTERM, an error: stop the side-by-side run too
-            lstm.terminate()   # (it writes its checkpoint and prints how to resume)
-            raise
-        finally:
-            lstm.wait()
-    try:  # a baseline that diverged exits 1 but has a result (its best checkpoint, flagged)
-        with open(os.path.join(args.out_dir, f"indrnn-adding-lstm-{args.tag}.json")) as f:
-            lstm_record = json.load(f)
-    except OSError:
-        lstm_record = None
-    if lstm_record is None or (lstm.returncode != 0 and not lstm_record.get("diverged")):
-        raise SystemExit(f"error: the LSTM baseline failed (exit {lstm.returncode}); see {log}")
-    records.append(lstm_record)
-    print("\n" + tasks.format_table(records))
-    return records
-
-
 if __name__ == "__main__":
-    tasks.run_main(cli)
+    tasks.run_main(main)

@@ -21,6 +21,7 @@ import csv
 import math
 import os
 import struct
+import sys
 import tarfile
 import time
 import warnings
@@ -76,6 +77,14 @@ def _lstm_run(lstm, x, h, c, checkpoint_every=0):
     for part in x.split(checkpoint_every):
         h, c = checkpoint(_lstm_final, lstm, part, h, c, use_reentrant=False)
     return h, c
+
+
+def _lstm_step(lstm, x, h, c):
+    """One step of a 1-layer nn.LSTM, as its cell: x (B, D), h and c (B, H) -> (h, c). The same
+    arithmetic as lstm(x[None], (h[None], c[None])) with less overhead per call, for the loops
+    that read one input at a time."""
+    return torch.lstm_cell(x, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+                           lstm.bias_hh_l0)
 
 
 def _lstm_final(lstm, x, h, c):
@@ -186,27 +195,33 @@ class MainNet(nn.Module):
         """Runs the LSTM over xs (S, M, embed) from (h, c) (M, H each) and returns, for every
         entry of `at` (..., M) long, the state after reading xs[0 .. at-1] of its column, as
         (h, c) of shape at.shape + (H,). Every value of `at` lies in one of the intervals
-        `ranges`: between them one fused call (blocks of `block` steps), inside them one step at
-        a time, keeping the states whose `at` equals the step (torch.where)."""
+        `ranges`: up to them one fused call (blocks of `block` steps), inside them one cell step
+        at a time, keeping every state; the states asked for are picked at the end."""
         dtype = self.lstm.weight_hh_l0.dtype  # float32 under autocast too (the LSTM runs in half)
-        plan, t = [], 0  # fused stretches (at most `block` steps each) and pick points (None)
-        for p in sorted({t for lo, hi in ranges for t in range(lo, hi + 1)}):
-            while t < p:
-                plan.append(min(self.block, p - t))
-                t += plan[-1]
-            plan.append(None)
+        points = sorted({p for lo, hi in ranges for p in range(lo, hi + 1)})
+        plan, t = [], 0  # the inputs before each point: fused blocks, or one step (a 1)
+        for p in points:
+            plan += [self.block] * ((p - t) // self.block) + [(p - t) % self.block] * (
+                (p - t) % self.block > 0) + [0]  # 0: keep the state here
+            t = p
         pieces = iter(xs[:t].split([n for n in plan if n]))  # split, not slices: see _lstm_run
-        out_h = out_c = torch.zeros(*at.shape, h.shape[-1], dtype=dtype, device=h.device)
-        t = 0
+        hs, cs = [], []
         for n in plan:
-            if n:
+            if n == 1:
+                h, c = _lstm_step(self.lstm, next(pieces)[0], h, c)
+            elif n:
                 h, c = _lstm_run(self.lstm, next(pieces), h, c, self.checkpoint_every)
-                t += n
             else:
-                keep = (at == t)[..., None]
-                out_h = torch.where(keep, h.to(dtype), out_h)
-                out_c = torch.where(keep, c.to(dtype), out_c)
-        return out_h, out_c
+                hs.append(h.to(dtype))
+                cs.append(c.to(dtype))
+        # where the state of position p is among the kept ones: p - a + the points before a, for
+        # the run of consecutive points [a, b] that holds p
+        index, kept = torch.zeros_like(at), 0
+        for a, b in _runs(points):
+            index = torch.where((at >= a) & (at <= b), at - a + kept, index)
+            kept += b - a + 1
+        cols = torch.arange(at.shape[-1], device=at.device).expand_as(at)
+        return torch.stack(hs)[index, cols], torch.stack(cs)[index, cols]
 
     def forward(self, x, bptt=0, anchors=None, aux_bptt=0, supervised=True, anchor_range=None):
         T, B = x.shape[:2]
@@ -231,6 +246,17 @@ class MainNet(nn.Module):
         logits = self.head(h[0]) if supervised else None                        # (B, n_classes)
         anchor_state = None if anchors is None else (h[int(supervised):], c[int(supervised):])
         return logits, anchor_state
+
+
+def _runs(points):
+    """The maximal runs [a, b] of consecutive integers in the sorted list `points`."""
+    runs = []
+    for p in points:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return runs
 
 
 def draw_anchors(kind, T, aux_len, n, batch_size, generator=None, device=None):
@@ -339,16 +365,19 @@ class AuxDecoder(nn.Module):
         Returns: inputs (L-1, B, C) to pass to forward, and the step loop's logits (L-1, B, C, V).
         Uses torch's global generator unless one is given.
         """
-        s1, s2 = self._init(state)
+        (h1, c1), (h2, c2) = ((h[0], c[0]) for h, c in self._init(state))  # (B, hidden) each
+        B = window.shape[1]
         inp, inputs, logits = window[0], [window[0]], []
         for k in range(1, len(window)):
-            logit, s1, s2 = self._run(inp[None], s1, s2)
-            logits.append(logit[0])
+            h1, c1 = _lstm_step(self.lstm1, self.embed(inp[None])[0], h1, c1)
+            h2, c2 = _lstm_step(self.lstm2, h1, h2, c2)
+            logit = self.out(h2).view(B, self.channels, self.vocab)            # (B, C, V)
+            logits.append(logit)
             if k == len(window) - 1:
                 break
-            u = torch.rand(window.shape[1], 1, generator=generator, device=window.device)
-            g = torch.empty(logit[0].shape, device=window.device).exponential_(generator=generator)
-            own = (logit[0].float() - g.log()).argmax(-1)  # Gumbel-max: a sample of softmax
+            u = torch.rand(B, 1, generator=generator, device=window.device)
+            g = torch.empty(logit.shape, device=window.device).exponential_(generator=generator)
+            own = (logit.float() - g.log()).argmax(-1)  # Gumbel-max: a sample of the softmax
             inp = torch.where(u < sample_prob, own, window[k])
             inputs.append(inp)
         return torch.stack(inputs), torch.stack(logits)
@@ -376,8 +405,8 @@ class RLSTM(nn.Module):
     kind None).
 
     Copy with it: `MainNet`, `AuxDecoder`, `TokenEmbedding`, `draw_anchors`, `anchor_range`,
-    `aux_windows`, `_lstm_run`, `_lstm_final`, `_upcast` (imports: torch, torch.nn as nn,
-    torch.nn.functional as F, and checkpoint from torch.utils.checkpoint).
+    `aux_windows`, `_runs`, `_lstm_step`, `_lstm_run`, `_lstm_final`, `_upcast` (imports:
+    torch, torch.nn as nn, torch.nn.functional as F, and checkpoint from torch.utils.checkpoint).
 
     Args:
         vocab: values per input channel V (256 for pixels); 0 for float inputs (T, B, embed),
@@ -590,15 +619,15 @@ def read_mat5(path):
     return out
 
 
-def _fetch_and_extract(url, folder, archive, errors):
-    """Downloads url into folder/archive if missing and extracts it there; appends errors."""
-    path = os.path.join(folder, archive)
+def _fetch_and_extract(url, folder, archive, errors, md5=None):
+    """folder/archive, downloaded from url if missing (tasks.download: an MD5 given is checked,
+    also of a file already there), extracted into folder; what failed is appended to errors."""
+    from torchvision.datasets.utils import extract_archive
     try:
-        if not os.path.exists(path):
-            tasks.download(url, path)
-        with tarfile.open(path) as tar:
-            tar.extractall(folder, filter="data")
-    except (OSError, tarfile.TarError) as e:
+        extract_archive(tasks.download(url, folder, archive, md5), folder)
+    except (tasks.DataError, OSError, tarfile.TarError) as e:
+        if "checksum" in str(e):  # a corrupt file here: say so, not that it is missing
+            raise
         errors.append(f"{url}: {e}")
 
 
@@ -728,23 +757,9 @@ def load_dbpedia(data_dir):
     folder = os.path.join(data_dir, "dbpedia")
     csv_dir = os.path.join(folder, "dbpedia_csv")
     errors = []
-    if not os.path.exists(os.path.join(csv_dir, "test.csv")):
-        os.makedirs(folder, exist_ok=True)
-        tgz = os.path.join(folder, "dbpedia_csv.tar.gz")
-        for url in DBPEDIA_URLS:
-            if os.path.exists(tgz):
-                break
-            try:
-                tasks.download(url, tgz)
-                if tasks.checksum(tgz, "md5") != DBPEDIA_MD5:
-                    os.remove(tgz)
-                    errors.append(f"{url}: not the standard release (MD5 differs)")
-            except OSError as e:
-                errors.append(f"{url}: {e}")
-        if os.path.exists(tgz):
-            tasks.verified(tgz, DBPEDIA_MD5)
-            with tarfile.open(tgz) as tar:
-                tar.extractall(folder, filter="data")
+    for url in DBPEDIA_URLS:  # the mirror only if Google Drive refuses; either must pass the MD5
+        if not os.path.exists(os.path.join(csv_dir, "test.csv")):
+            _fetch_and_extract(url, folder, "dbpedia_csv.tar.gz", errors, DBPEDIA_MD5)
     paths = {s: os.path.join(csv_dir, f"{s}.csv") for s in ("train", "test")}
     if not all(os.path.exists(p) for p in paths.values()):
         raise tasks.DataError(f"DBpedia is missing from {csv_dir} and could not be downloaded "
@@ -839,13 +854,13 @@ TASK_DEFAULTS = {
                           eval_size=600),
     "dbpedia": dict(seq_len=1024, steps=50_000, eval_every=2000, eval_size=2000),
 }
-# CPU scale, minutes: smaller batch and decoder, 500 steps (about 6 minutes on one thread of a
-# 2-core AMD EPYC), lr 2e-3 (at 1e-3 two seeds reached 24% and 38% in 500 steps, at 2e-3 38% and
-# 40%), scheduled sampling ramped over the run. A fixed number of steps, so that the result does
-# not depend on the machine's speed; the 12-minute cap only stops a machine far slower than that.
+MODEL_DEFAULTS = {"lstm": dict(pretrain_epochs=0.0, ss_max=0.0),  # no auxiliary loss
+                  "plstm": dict(ss_max=0.0)}  # a language-model loss: teacher forcing
+# CPU scale, minutes: a smaller batch and decoder, 500 steps, lr 2e-3 (docs/rlstm.md: why),
+# scheduled sampling ramped over the run; the 30-minute cap only stops a far slower machine.
 QUICK = {
     t: dict(batch_size=32, aux_len=200, aux_hidden=128, pretrain_epochs=0.03, steps=500, lr=2e-3,
-            eval_every=125, eval_size=500, time_budget=12.0, ss_max=0.25)
+            eval_every=125, eval_size=500, time_budget=30.0, ss_max=0.25)
     for t in TASKS}
 # Trinh et al. 2018, Table 2, test accuracy %: its rows (label, model, full BP?) and the values
 # per dataset in that order.
@@ -866,21 +881,22 @@ def _bptt(full, T=None):  # a row's flags: full BP, or truncation at 300 steps (
                                                 "--bptt 300 --aux-bptt 300")).strip()
 
 
-# The paper's tables, each row once: run_all.sh runs them, `python tasks.py table results/`
-# fills them. --quick: 1.5 minutes of training per run.
+# The paper's tables, each row once (see tools/tables.py): run_all.sh runs them, the table
+# builder fills them. --quick: 100 steps of the quick preset per run.
 TABLES = {
     "rlstm-table2": ("r-LSTM Table 2: test accuracy (%)", [
-        tasks.row(f"{label}, {t}", t, m, f"T{1024 if t == 'cifar10' else 784}-"
-                  + ("full" if full else "trunc300"), _bptt(full),
-                  _bptt(full) + " --time-budget 1.5", ckpt=full, paper=PAPER[(t, m, full)])
+        dict(label=f"{label}, {t}", task=t, model=m, tag=f"T{1024 if t == 'cifar10' else 784}-"
+             + ("full" if full else "trunc300"), args=_bptt(full),
+             quick=_bptt(full) + " --steps 100", ckpt=full, paper=PAPER[(t, m, full)])
         for t in TABLE2 for label, m, full in TABLE2_ROWS]),
     "rlstm-dogs": ("r-LSTM: StanfordDogs by sequence length, test accuracy (%)", [
-        tasks.row(f"{label}, T={T}", "stanford_dogs", m, f"T{T}-" + ("full" if full else
-                  "trunc300"), _bptt(full, T), _bptt(full, T) + " --time-budget 1.5", ckpt=full)
+        dict(label=f"{label}, T={T}", task="stanford_dogs", model=m, tag=f"T{T}-" + (
+            "full" if full else "trunc300"), args=_bptt(full, T),
+            quick=_bptt(full, T) + " --steps 100", ckpt=full)
         for T in (1024, 4096, 16384) for label, m, full in TABLE2_ROWS[:3]]),
     "rlstm-dbpedia": ("r-LSTM: DBpedia, test accuracy (%)", [
-        tasks.row(label, "dbpedia", m, "T1024-" + ("full" if full else "trunc300"),
-                  _bptt(full), _bptt(full) + " --time-budget 1.5", ckpt=full)
+        dict(label=label, task="dbpedia", model=m, tag="T1024-" + ("full" if full else "trunc300"),
+             args=_bptt(full), quick=_bptt(full) + " --steps 100", ckpt=full)
         for label, m, full in TABLE2_ROWS[:3]]),
 }
 
@@ -893,9 +909,17 @@ def paper_number(args):
     return "UNCONFIRMED"
 
 
+def preset(seen):
+    """The defaults of a run: DEFAULTS < TASK_DEFAULTS < QUICK (with --quick) < MODEL_DEFAULTS,
+    for the --task, --model and --quick that `seen` (tasks.first_look) found."""
+    return {**DEFAULTS, **TASK_DEFAULTS[seen.task], **(QUICK[seen.task] if seen.quick else {}),
+            **MODEL_DEFAULTS.get(seen.model, {})}
+
+
 def parse_args(argv=None):
-    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS,
-                            tasks.defaults_epilog(DEFAULTS, TASK_DEFAULTS, QUICK))
+    """The command line in one pass, with the chosen task's, model's and --quick's defaults
+    (`--task dbpedia --help` shows DBpedia's); a one-line usage error for anything inconsistent."""
+    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS)
     a = p.add_argument
     a("--bptt", type=tasks.nonneg_int,
       help="backpropagate the supervised loss through the last N steps (0: full BP)")
@@ -907,29 +931,18 @@ def parse_args(argv=None):
       help="epochs of auxiliary-loss-only training before L_sup + L_aux (may be fractional)")
     a("--ss-max", type=tasks.probability,
       help="r-LSTM scheduled sampling: final probability of feeding the decoder's own sample")
-    a("--ss-steps", type=tasks.positive_int,
-      help="steps over which the sampling probability grows linearly from 0 to --ss-max "
-           "(default: --steps)")
+    a("--ss-steps", type=tasks.positive_int, help="steps over which the sampling probability "
+      "grows linearly from 0 to --ss-max (without it: --steps)")
     a("--optimizer", choices=["rmsprop", "adam"], help="the optimizer of both losses")
     a("--embed-size", type=tasks.positive_int, help="size of the input token embedding")
     a("--ffn-size", type=tasks.positive_int, help="units of the classifier's two FFN layers")
     a("--aux-hidden", type=tasks.positive_int, help="units of the auxiliary LSTM layers")
-    args = p.parse_args(argv)
-    args.seq_len_given = args.seq_len is not None
-    args.batch_size_given = args.batch_size is not None
-    cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})}
-    args.unconfirmed = sorted(k for k in UNCONFIRMED if getattr(args, k, None) is None)
-    for k, v in cfg.items():  # command line wins over task defaults
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
-    tasks.check_args(p, args)
-    args.ss_steps = args.ss_steps or args.steps
+    seen = tasks.first_look(p, argv)
+    p.set_defaults(**preset(seen))
+    args = tasks.parse(p, argv)
+    args.unconfirmed = [k for k in UNCONFIRMED if getattr(args, k) == p.get_default(k)]
     if args.layers not in (None, 1):
         p.error(f"--layers {args.layers}: the main network is a 1-layer LSTM (paper section 4)")
-    if not 0 <= args.ss_max <= 1:
-        p.error(f"--ss-max must be in [0, 1], got {args.ss_max}")
-    if args.pretrain_epochs < 0:
-        p.error(f"--pretrain-epochs must be >= 0, got {args.pretrain_epochs}")
     if args.aux_hidden < args.hidden_size:
         p.error(f"--aux-hidden {args.aux_hidden} must be >= --hidden-size {args.hidden_size} (the "
                 f"decoder's bottom layer starts from the main LSTM's state)")
@@ -937,24 +950,21 @@ def parse_args(argv=None):
             args.seq_len != TASK_DEFAULTS[args.task]["seq_len"]:
         p.error(f"--seq-len is fixed by the images for {args.task}: "
                 f"{TASK_DEFAULTS[args.task]['seq_len']}")
-    if args.model == "lstm":
-        args.pretrain_epochs, args.ss_max = 0.0, 0.0
-    elif args.model == "plstm":
-        args.ss_max = 0.0  # a language-model loss: teacher forcing
+    for key, value in MODEL_DEFAULTS.get(args.model, {}).items():
+        if getattr(args, key) != value:
+            p.error(f"--{key.replace('_', '-')}: --model {args.model} has {key} {value}")
     if args.model != "lstm" and not args.benchmark and not 2 <= args.aux_len <= args.seq_len:
         p.error(f"--aux-len {args.aux_len} does not fit --seq-len {args.seq_len} (need 2 <= "
                 f"aux_len <= T)")
-    trunc = "full" if args.bptt == 0 else f"trunc{args.bptt}"
-    if args.model != "lstm" and args.aux_bptt != args.bptt:  # the run name says what differs
-        trunc += "-aux" + ("full" if args.aux_bptt == 0 else str(args.aux_bptt))
     if args.test_seq_len:
         p.error("--test-seq-len: the tasks of rlstm.py have one fixed length")
     if args.task == "stanford_dogs" and math.isqrt(args.seq_len) ** 2 != args.seq_len:
         p.error(f"--seq-len {args.seq_len}: stanford_dogs needs a square (side^2: 1024, 4096, "
                 f"16384)")
-    args.tag = args.tag or tasks.default_tag(f"T{args.seq_len}-{trunc}"
-                                             + ("-quick" if args.quick else ""), args,
-                                             parse_args, argv)
+    trunc = "full" if args.bptt == 0 else f"trunc{args.bptt}"
+    if args.model != "lstm" and args.aux_bptt != args.bptt:  # the run name says what differs
+        trunc += "-aux" + ("full" if args.aux_bptt == 0 else str(args.aux_bptt))
+    args.tag = tasks.run_tag(p, args, f"T{args.seq_len}-{trunc}")
     return args
 
 
@@ -997,12 +1007,13 @@ def evaluate(model, task, split, device, amp_dtype, limit=None):
     return tasks.summarize(task.kind, total, split)
 
 
-def run_benchmark(args, device, amp_dtype):
+def run_benchmark(args, device, amp_dtype, argv=None):
     """Time and memory of one training step (forward+backward, the auxiliary loss included) of
     r-LSTM Truncate300 against full-BP LSTM, with and without --grad-checkpoint, on random pixel
     tokens (256 values), at T = 1024, 4096, 16384 (or --seq-len)."""
-    B = args.batch_size if args.batch_size_given else 16
-    lengths = [args.seq_len] if args.seq_len_given else [1024, 4096, 16384]
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    B = args.batch_size if "--batch-size" in given else 16
+    lengths = [args.seq_len] if "--seq-len" in given else [1024, 4096, 16384]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, "
           f"embed {args.embed_size}, H={args.hidden_size}, decoder {args.aux_hidden}, "
           f"aux_len {args.aux_len}, anchors {args.anchors}, amp={amp_dtype}")
@@ -1040,67 +1051,64 @@ def run_benchmark(args, device, amp_dtype):
     return results
 
 
+def probe(args, task, device, amp_dtype):
+    """One training step of this run on `device`, as a function (tasks.setup's --device auto)."""
+    net, (x, y) = build_model(args, task).to(device), (v.to(device) for v in task.train_batch(0))
+    return lambda: sum(v for v in training_losses(net, x, y, 0.0, True, amp_dtype)
+                       if v is not None).backward()
+
+
 def main(argv=None):
-    """Trains one model on one task (tasks.Run: resume, checkpoints, Ctrl-C, lock): first
-    --pretrain-epochs of the auxiliary loss alone, then L_sup + L_aux (section 3); tests the best
-    validation checkpoint, writes <out-dir>/rlstm-<task>-<model>-<tag>.json and returns it."""
+    """Trains one model on one task: first --pretrain-epochs of the auxiliary loss alone, then
+    L_sup + L_aux (section 3); tests the best validation checkpoint, writes
+    <out-dir>/rlstm-<task>-<model>-<tag>.json (the record, returned) and .csv (a row per step)."""
     args = parse_args(argv)
     if args.benchmark:
-        return run_benchmark(args, *tasks.setup(args)[:2])
-    tasks.Run.preflight("rlstm.py", args)  # refusals before any data is loaded
-    try:
-        task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
-                         args.test_seq_len, as_tokens=True, eval_size=args.eval_size)
-    except tasks.DataError as e:
-        raise SystemExit(f"error: {e}")
-
-    def probe(dev, amp_dtype):  # one training step of this run on `dev`, for --device auto
-        net, (x, y) = build_model(args, task).to(dev), (v.to(dev) for v in task.train_batch(0))
-        return lambda: sum(v for v in training_losses(net, x, y, 0.0, True, amp_dtype)
-                           if v is not None).backward()
-    device, amp_dtype, use_scaler = tasks.setup(args, probe)
-    model = tasks.build(lambda: build_model(args, task).to(device), args)
-    params = model.parameters()
-    opt = (torch.optim.RMSprop(params, lr=args.lr) if args.optimizer == "rmsprop"
-           else torch.optim.Adam(params, lr=args.lr))
+        return run_benchmark(args, *tasks.setup(args)[:2], argv)
+    run = tasks.Run("rlstm.py", args, argv)  # refusals, lock and Ctrl-C before any data
+    task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
+                     args.test_seq_len, as_tokens=True, eval_size=args.eval_size)
+    device, amp_dtype, use_scaler = tasks.setup(args, lambda dev, amp: probe(args, task, dev, amp))
+    with torch.device("meta"):
+        tasks.check_fits(build_model(args, task), task, args, device)
+    model = build_model(args, task).to(device)
+    opt = (torch.optim.RMSprop if args.optimizer == "rmsprop" else torch.optim.Adam)(
+        model.parameters(), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    per_epoch = max(1, len(task.data["train"][1]) // args.batch_size)
-    pretrain_steps = round(args.pretrain_epochs * per_epoch)
-    run = tasks.Run("rlstm.py", args, task, model, dict(opt=opt, scaler=scaler), device, argv)
-    if args.unconfirmed:
-        print("== UNCONFIRMED defaults (not given by the paper): "
-              + ", ".join(f"{k}={getattr(args, k)}" for k in args.unconfirmed))
-    print(f"== schedule: {pretrain_steps} auxiliary-only pretraining steps "
-          f"({args.pretrain_epochs} epochs of {per_epoch} steps), then L_sup + L_aux"
-          if args.model != "lstm" else "== schedule: supervised loss only")
-
+    pretrain_steps = round(args.pretrain_epochs * max(1, len(task.data["train"][1])
+                                                      // args.batch_size))
+    run.start(model, task, device, opt=opt, scaler=scaler)
+    print(f"== UNCONFIRMED defaults (not given by the paper): " + ", ".join(
+        f"{k}={getattr(args, k)}" for k in args.unconfirmed) + f"\n== schedule: {pretrain_steps} "
+          f"auxiliary-only pretraining steps ({args.pretrain_epochs} epochs), then the losses "
+          f"together" if args.model != "lstm" else "== schedule: the supervised loss alone")
     forward_loss = tasks.compiled(  # with --compile one graph per phase, and their backward
         lambda *a: training_losses(model, *a, amp_dtype), args, device)
 
     while run.training():
         x, y = (v.to(device) for v in task.train_batch(run.step))
         supervised = run.step >= pretrain_steps    # phase 1: L_aux alone; phase 2: L_sup + L_aux
-        sample_prob = args.ss_max * min(1.0, run.step / args.ss_steps)  # scheduled sampling
+        sample_prob = args.ss_max * min(1.0, run.step / (args.ss_steps or args.steps))
         sup, aux = forward_loss(x, y, torch.tensor(sample_prob, device=device)
                                 if args.ss_max else 0.0, supervised)
         loss = sum(v for v in (sup, aux) if v is not None)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        if args.clip:
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)  # before
         scaler.step(opt)
         scaler.update()
-        run.step_done(loss)
+        run.step_done(loss, grad_norm=norm, sample_prob=sample_prob)
         if run.eval_due():
-            parts = {f"{k}_loss": v.item() for k, v in dict(sup=sup, aux=aux).items()
-                     if v is not None}
             run.log(evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size),
-                    phase="joint" if supervised else "pretrain", loss=loss.item(),
-                    sample_prob=round(sample_prob, 4), **parts)
+                    phase="joint" if supervised else "pretrain", **{
+                        f"{k}_loss": v.item() for k, v in dict(sup=sup, aux=aux).items()
+                        if v is not None})
 
     # Test at the best validation checkpoint.
-    return run.finish(lambda split, limit: evaluate(model, task, split, device, amp_dtype, limit),
+    model.load_state_dict(run.best_weights())
+    return run.finish(evaluate(model, task, "test", device, amp_dtype, args.test_size),
+                      evaluate(model, task, "valid", device, amp_dtype, args.eval_size),
                       paper=paper_number(args), pretrain_steps=pretrain_steps,
                       unconfirmed_defaults={k: getattr(args, k) for k in args.unconfirmed})
 

@@ -18,7 +18,7 @@
 #
 # A run whose results file exists is skipped, and a run with a checkpoint but no results file is
 # continued with --resume, so an interrupted sweep resumes where it stopped.
-# Every run is tagged `<row>[-quick|-est|-cpu]-s<seed>`; tasks.py matches the tag to its row.
+# Every run is tagged `<row>[-quick|-est|-cpu]-s<seed>`; tools/tables.py matches the tag to its row.
 # Runs go in parallel: one per GPU with several GPUs, one per CPU core (one thread each) with
 # --quick; the tables run one after another. Each run's output goes to $OUT/logs/.
 set -uo pipefail
@@ -110,8 +110,13 @@ run() {
         if [ "$DRY" = 1 ]; then echo "$cmd"; continue; fi
         local log="$OUT/logs/$(basename "$file" .json).log"
         echo "== $(date -u +%FT%TZ) [$table] $cmd  (log: $log)"
+        # a run that fails leaves $log.failed; one stopped by Ctrl-C or SIGTERM (exit 130) does
+        # not: it resumes on the next sweep, which lists only the failures of its own runs
+        rm -f "$log.failed"; LAUNCHED+=("$log")
         (   [ "$NGPU" -gt 0 ] && export CUDA_VISIBLE_DEVICES=${GPUS[$((SLOT % NGPU))]}
-            $cmd > "$log" 2>&1 || echo "FAILED (see $log): $cmd" >> "$OUT/failed.txt" ) &
+            $cmd > "$log" 2>&1; rc=$?
+            [ $rc = 0 ] || [ $rc = 130 ] || echo "FAILED (exit $rc, see $log): $cmd" > "$log.failed"
+        ) &
         SLOT=$((SLOT + 1)); RUNNING=$((RUNNING + 1))
         if [ "$RUNNING" -ge "$SLOTS" ]; then wait -n; RUNNING=$((RUNNING - 1)); fi
     done
@@ -123,7 +128,8 @@ has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing 
     # (an empty folder is what a failed download leaves behind)
     [ -n "$(ls -A "$1" 2>/dev/null)" ] || { echo "== skipping $2: no data at $1 ($3)"; return 1; }
 }
-[ "$DRY" = 1 ] || { mkdir -p "$OUT/logs"; rm -f "$OUT/failed.txt"; }  # a dry run changes nothing
+[ "$DRY" = 1 ] || mkdir -p "$OUT/logs"  # a dry run changes nothing
+LAUNCHED=()
 # --estimate times every run anew: the timing runs of the estimate before move to
 # $OUT/estimate-previous/, which TABLES.md compares with (their checkpoints are dropped)
 if [ "$ESTIMATE" = 1 ] && [ "$DRY" = 0 ] && ls "$OUT"/*-est-s*.json >/dev/null 2>&1; then
@@ -134,7 +140,7 @@ fi
 
 # Every table's rows, as the scripts define them (their TABLES): table|script|task|model|tag|
 # seeds|ckpt|args|quick. A table's runs finish before the next table starts (transfer needs them).
-ROWS=$($PY tasks.py runs) || { echo "error: $PY tasks.py runs failed (is torch installed?)" >&2; exit 1; }
+ROWS=$($PY tools/tables.py runs) || { echo "error: $PY tools/tables.py runs failed (is torch installed?)" >&2; exit 1; }
 table() {  # table NAME: run every row of NAME
     local name=$1 tbl script task model row seeds ckpt args qargs cpu
     while IFS='|' read -r tbl script task model row seeds ckpt args qargs cpu; do
@@ -155,5 +161,5 @@ done
 
 [ "$DRY" = 1 ] && exit 0
 echo "== skipped $SKIPPED runs whose results exist"
-[ -f "$OUT/failed.txt" ] && cat "$OUT/failed.txt"
-$PY tasks.py table "$OUT"
+for log in "${LAUNCHED[@]}"; do [ -f "$log.failed" ] && cat "$log.failed"; done
+$PY tools/tables.py table "$OUT"

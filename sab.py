@@ -15,7 +15,9 @@ Models (`--model`):
     attn   the same LSTM with dense softmax attention over every memory, full BPTT
 """
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -477,28 +479,24 @@ MODELS = ["sab", "tbptt", "lstm", "attn"]
 TASKS = ["copy", "adding", "pmnist", "cifar10", "ptb", "text8"]
 DEFAULTS = dict(batch_size=64, hidden_size=128, layers=1, lr=1e-3, clip=1.0, k_att=2, k_top=5,
                 k_trunc=5, steps=20_000, eval_every=500, eval_size=1000, lr_schedule="constant",
-                head="h+read", warmup=0, adam_eps=1e-8, att_eps=1e-3,
-                detach_keys=True, min_age=1)
+                head="h+read", warmup=0, adam_eps=1e-8, att_eps=1e-3, detach_keys=True,
+                min_age=1, stop_at=None)
 TASK_DEFAULTS = {  # paper-silent values marked UNCONFIRMED in PAPER below
-    # copy: clip 0.02 against the gradient spikes of attention chains (docs/sab.md, "Stability");
-    # the release clips at 1.0
-    "copy": dict(seq_len=100, clip=0.02),
+    # copy: until validation accuracy 99.9% (the paper's Table 1: 100%), at most 50,000 steps;
+    # clip 0.02 against the gradient spikes of attention chains (docs/sab.md, "Stability")
+    "copy": dict(seq_len=100, clip=0.02, stop_at=99.9, steps=50_000),
     "adding": dict(seq_len=200, k_top=10, k_trunc=10),
     "pmnist": dict(seq_len=784, k_top=10, k_trunc=10, steps=50_000, eval_every=1000),
     "cifar10": dict(seq_len=1024, k_top=10, k_trunc=10, steps=50_000, eval_every=1000),
     "ptb": dict(seq_len=100, k_top=10, k_trunc=10, steps=50_000, eval_every=1000),
     "text8": dict(seq_len=180, k_top=10, k_trunc=10, steps=100_000, eval_every=2000),
 }
-QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller evaluation set
-    # copy: a smaller, faster net (H 64; batch 64 as in the paper), a memory every step (k_att 1:
-    # each memory holds one digit), lr 5e-3 with cosine decay (at 1e-2 one run in ten ended with
-    # dead attention: saturated, tied scores); the clip of 0.02 keeps the gradient spikes of
-    # attention chains from derailing Adam; attention only to memories older than the k_trunc
-    # window (min_age 6), else a quarter of the runs sit in a "recency" plateau; 7000 steps:
-    # with 5000 a slow starter was still at 85.72% when the learning rate reached 0, and batch 32
-    # needed 10000 steps, 12-18% more time (a step of 64 sequences costs 1.21-1.27x one of 32)
-    "copy": dict(seq_len=10, hidden_size=64, k_att=1, lr=5e-3, warmup=0, lr_schedule="cosine",
-                 clip=0.02, min_age=6, steps=7000, eval_every=1000, eval_size=500),
+MODEL_DEFAULTS = {  # the baselines: the same LSTM without attention, or without truncation
+    "tbptt": dict(k_top=0, min_age=1), "lstm": dict(k_top=0, k_trunc=0, min_age=1),
+    "attn": dict(k_trunc=0, detach_keys=False, min_age=1)}  # standard self-attention
+QUICK = {  # CPU scale, minutes; the copy preset's choices are explained in docs/sab.md
+    "copy": dict(seq_len=10, hidden_size=64, k_att=1, lr=5e-3, lr_schedule="cosine", min_age=6,
+                 steps=7000, eval_every=1000, eval_size=500, stop_at=None),
     "adding": dict(seq_len=50, steps=1500, eval_every=250, eval_size=500),
     # pMNIST / CIFAR-10 / text8 test on a subset: SAB takes about 45 s per 1000 images on one core
     "pmnist": dict(steps=300, eval_every=100, eval_size=1000, test_size=1000),
@@ -512,8 +510,8 @@ QUICK = {  # CPU scale, minutes: a shorter sequence, fewer steps, a smaller eval
 PAPER = {("copy", "sab", 100): "100 (k_trunc 5, k_top 5)",
          ("copy", "tbptt", 100): "31 (k_trunc 5; second-hand)"}
 
-# The paper's tables, each row once: run_all.sh runs them, `python tasks.py table results/`
-# fills them. A row's label names the settings its flags give (tests/test_tasks.py checks).
+# The paper's tables, each row once (see tools/tables.py): run_all.sh runs them, the table
+# builder fills them. A row's label names the settings its flags give (a test checks).
 _COPY = {"lstm": "LSTM (full BPTT)", "tbptt": "TBPTT (k_trunc 5)",
          "attn": "LSTM + self-attention (full BPTT)", "sab": "SAB (k_trunc 5, k_top 5)"}
 _OTHER = {"tbptt": "TBPTT (k_trunc 10)", "lstm": "LSTM (full BPTT)",
@@ -521,89 +519,156 @@ _OTHER = {"tbptt": "TBPTT (k_trunc 10)", "lstm": "LSTM (full BPTT)",
 _SEEDS = {"sab": 3}  # seeds per model of the copy rows (1 if absent); transfer tests each trained one
 TABLES = {
     "sab-copy": ("SAB Table 1: copy memory, test accuracy (%) on the 10 recalled digits", [
-        tasks.row(f"{_COPY[m]}, T={T}", "copy", m, f"T{T}", f"--seq-len {T}",
-                  f"--seq-len {T // 10}", seeds=_SEEDS.get(m, 1),
-                  paper=PAPER.get(("copy", m, T), "UNCONFIRMED"), cpu="" if T == 100 else None)
+        dict(label=f"{_COPY[m]}, T={T}", task="copy", model=m, tag=f"T{T}", args=f"--seq-len {T}",
+             quick=f"--seq-len {T // 10}", seeds=_SEEDS.get(m, 1),
+             paper=PAPER.get(("copy", m, T), "UNCONFIRMED"), cpu="" if T == 100 else None)
         for T in (100, 200, 300) for m in ("lstm", "tbptt", "attn", "sab")]),
     "sab-transfer": ("SAB Table 5: copy, trained at T=100, tested on longer sequences "
                      "(accuracy %)", [
-        tasks.row(f"{_COPY[m]}, trained T=100, tested T={T}", "copy", m, "T100",
-                  f"--seq-len 100 --eval-only --test-seq-len {T}",
-                  f"--seq-len 10 --eval-only --test-seq-len {T // 10}",
-                  seeds=_SEEDS.get(m, 1), test_ratio=T // 100, cpu="")
+        dict(label=f"{_COPY[m]}, trained T=100, tested T={T}", task="copy", model=m, tag="T100",
+             args=f"--seq-len 100 --eval-only --test-seq-len {T}",
+             quick=f"--seq-len 10 --eval-only --test-seq-len {T // 10}",
+             seeds=_SEEDS.get(m, 1), test_ratio=T // 100, cpu="")
         for T in (200, 300, 400, 2000, 5000) for m in ("sab", "lstm", "attn")]),
     "sab-other": ("SAB: adding (MSE), pMNIST and CIFAR-10 (accuracy %), PTB and text8 (BPC)", [
-        tasks.row(f"{_OTHER[m]}, {t}", t, m, tag, quick="--time-budget 1", ckpt=True,
-                  metric=metric)
-        for t, tag, metric in [("adding", "T200", "test_mse"), ("pmnist", "T784", "test_acc"),
-                               ("cifar10", "T1024", "test_acc"), ("ptb", "T100", "test_bpc"),
-                               ("text8", "T180", "test_bpc")]
+        dict(label=f"{_OTHER[m]}, {t}", task=t, model=m, tag=tag, quick=f"--steps {steps}",
+             ckpt=True, metric=metric)
+        for t, tag, metric, steps in [("adding", "T200", "test_mse", 1500),
+                                      ("pmnist", "T784", "test_acc", 12),
+                                      ("cifar10", "T1024", "test_acc", 12),
+                                      ("ptb", "T100", "test_bpc", 250),
+                                      ("text8", "T180", "test_bpc", 250)]
         for m in ("tbptt", "lstm", "sab")]),
 }
 
 
+def preset(seen):
+    """The defaults of a run: DEFAULTS < TASK_DEFAULTS < QUICK (with --quick) < MODEL_DEFAULTS,
+    for the --task, --model and --quick that `seen` (tasks.first_look) found."""
+    return {**DEFAULTS, **TASK_DEFAULTS[seen.task], **(QUICK[seen.task] if seen.quick else {}),
+            **MODEL_DEFAULTS.get(seen.model, {})}
+
+
 def parse_args(argv=None):
-    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS,
-                            tasks.defaults_epilog(DEFAULTS, TASK_DEFAULTS, QUICK))
-    p.add_argument("--k-top", type=tasks.nonneg_int, help="memories attended per step")
-    p.add_argument("--k-att", type=tasks.positive_int, help="write a memory every k_att steps")
-    p.add_argument("--k-trunc", type=tasks.nonneg_int, help="local truncated BPTT length (0: full)")
-    p.add_argument("--h0-memory", action="store_true",
-                   help="the memory starts with the initial state h0 = 0, as in the authors' "
-                        "release: attention can then put weight on nothing")
-    p.add_argument("--head", choices=["h", "h+read"],
-                   help="the read-out reads [h(t); attention read] (h+read, as the authors' "
-                        "release; default) or h(t) alone")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
-                   help="cosine: lr * (1 + cos(pi * step / steps)) / 2 (default constant)")
-    p.add_argument("--adam-eps", type=tasks.positive_float,
-                   help="Adam's epsilon (default 1e-8, torch's); larger bounds the step size once "
-                        "gradients are tiny")
-    p.add_argument("--att-eps", type=tasks.positive_float,
-                   help="epsilon of the sparse attention's normalisation w / (sum w + eps)")
-    p.add_argument("--key-grad", dest="detach_keys", action="store_false", default=None,
-                   help="memories also get gradient through their keys W_k m_i (the paper's "
-                        "backward; default: through the attention's value path only, which "
-                        "keeps gradients from growing along chains of attention)")
-    p.add_argument("--min-age", type=tasks.positive_int,
-                   help="attend only to memories written at least this many steps earlier (1: "
-                        "every memory, the paper; the copy --quick preset: k_trunc + 1 = 6)")
-    p.add_argument("--warmup", type=tasks.nonneg_int,
-                   help="linear learning-rate warm-up over this many steps (default 0)")
-    args = p.parse_args(argv)
-    args.seq_len_given, min_age_given = args.seq_len is not None, args.min_age is not None
-    cfg = {**DEFAULTS, **TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})}
-    if args.model == "attn":  # the baseline is standard self-attention over every memory,
-        cfg["detach_keys"], cfg["min_age"] = False, 1  # with gradient through keys
-    for k, v in cfg.items():  # command line wins over task defaults
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
-    tasks.check_args(p, args)
-    if args.model in ("tbptt", "lstm"):  # no attention: plain LSTM, truncated or full BPTT
-        args.k_top = 0
-    if args.model in ("lstm", "attn"):
-        args.k_trunc = 0
+    """The command line in one pass, with the chosen task's, model's and --quick's defaults
+    (`--task adding --help` shows adding's); a one-line usage error for anything inconsistent."""
+    p = tasks.common_parser(__doc__.split("\n")[0], TASKS, MODELS)
+    a = p.add_argument
+    a("--k-top", type=tasks.nonneg_int, help="memories attended per step")
+    a("--k-att", type=tasks.positive_int, help="write a memory every k_att steps")
+    a("--k-trunc", type=tasks.nonneg_int, help="local truncated BPTT length (0: full)")
+    a("--h0-memory", action="store_true", help="the memory starts with the initial state h0 = "
+      "0, as in the authors' release: attention can then put weight on nothing")
+    a("--head", choices=["h", "h+read"], help="the read-out reads [h(t); attention read] (as the "
+                                              "authors' release) or h(t) alone")
+    a("--lr-schedule", choices=["constant", "cosine"],
+      help="cosine: lr * (1 + cos(pi * step / steps)) / 2")
+    a("--adam-eps", type=tasks.positive_float, help="Adam's epsilon; larger bounds the step size "
+                                                    "once gradients are tiny")
+    a("--att-eps", type=tasks.positive_float,
+      help="epsilon of the sparse attention's normalisation w / (sum w + eps)")
+    a("--key-grad", dest="detach_keys", action="store_false", help="memories also get gradient "
+      "through their keys W_k m_i (the paper's backward; without it: through the attention's "
+      "value path only, which keeps gradients from growing along chains of attention)")
+    a("--min-age", type=tasks.positive_int, help="attend only to memories written at least this "
+      "many steps earlier (1: every memory, the paper; the copy --quick preset: k_trunc + 1)")
+    a("--warmup", type=tasks.nonneg_int, help="linear learning-rate warm-up over this many steps")
+    seen = tasks.first_look(p, argv)
+    p.set_defaults(**preset(seen))
+    args = tasks.parse(p, argv)
     if args.layers != 1:
         p.error(f"--layers {args.layers}: SAB is a single-layer model (paper section 3); use 1")
     if args.task in ("pmnist", "cifar10") and args.seq_len != TASK_DEFAULTS[args.task]["seq_len"]:
         p.error(f"--seq-len is fixed by the images for {args.task}: "
                 f"{TASK_DEFAULTS[args.task]['seq_len']}")
     length = args.seq_len + 20 if args.task == "copy" else args.seq_len
-    capacity = length // args.k_att
-    if args.model == "sab" and args.k_top > capacity:
+    if args.model == "sab" and args.k_top > length // args.k_att:
         p.error(f"--k-top {args.k_top} is larger than the memory can hold: a sequence of "
-                f"{length} steps with --k-att {args.k_att} writes only {capacity} memories")
+                f"{length} steps with --k-att {args.k_att} writes only {length // args.k_att} "
+                f"memories")
     if args.model == "sab" and args.k_top == 0:
         p.error("--model sab needs --k-top >= 1 (k_top 0 is --model tbptt)")
-    for flag, given in (("--min-age", min_age_given), ("--h0-memory", args.h0_memory)):
-        if given and args.model not in ("sab", "attn"):
-            p.error(f"{flag}: --model {args.model} has no attention memory")
+    if args.model in ("tbptt", "lstm") and (args.min_age != 1 or args.h0_memory):
+        p.error(f"{'--h0-memory' if args.h0_memory else '--min-age'}: --model {args.model} has "
+                f"no attention memory")
+    for key in ("k_top", "k_trunc"):  # what the baselines are
+        value = MODEL_DEFAULTS.get(args.model, {}).get(key)
+        if value is not None and getattr(args, key) != value:
+            p.error(f"--{key.replace('_', '-')}: --model {args.model} has {key} {value}")
     if args.test_seq_len and args.task not in ("copy", "adding"):
         p.error(f"--test-seq-len: only copy and adding can be tested at another T, not "
                 f"{args.task}")
-    args.tag = args.tag or tasks.default_tag(f"T{args.seq_len}" + ("-quick" if args.quick else ""),
-                                             args, parse_args, argv)
+    args.tag = tasks.run_tag(p, args, f"T{args.seq_len}")
     return args
+
+
+# text8 (Mahoney's first 10^8 bytes of English Wikipedia): only this script uses it. Its site
+# publishes no MD5 of text8.zip; the extracted file is checked against its SHA-256 instead.
+TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
+TEXT8_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"  # of `text8`
+
+
+def load_text8(data_dir):
+    """{"train", "valid", "test"}: the 90M / 5M / 5M characters of text8, from
+    `<data_dir>/text8/text8`, downloaded and unzipped (torchvision) if missing. Raises
+    tasks.DataError if it cannot be had or fails its SHA-256."""
+    import hashlib
+    from torchvision.datasets.utils import download_and_extract_archive
+    folder = os.path.join(data_dir, "text8")
+    path = os.path.join(folder, "text8")
+    if not os.path.exists(path):
+        try:
+            download_and_extract_archive(TEXT8_URL, folder)
+        except (OSError, RuntimeError) as e:
+            raise tasks.DataError(f"text8 is missing from {folder} and could not be downloaded "
+                                  f"from {TEXT8_URL} ({e}). Put the unzipped file `text8` into "
+                                  f"{folder}.") from e
+    with open(path, "rb") as f:
+        raw = f.read()
+    if hashlib.sha256(raw).hexdigest() != TEXT8_SHA256:
+        raise tasks.DataError(f"{path} fails its SHA-256 checksum: the file is corrupted or "
+                              f"truncated. Delete it and run again to download it.")
+    raw = raw.decode()
+    return {"train": raw[:90_000_000], "valid": raw[90_000_000:95_000_000],
+            "test": raw[95_000_000:]}
+
+
+def make_task(args):
+    """The task of a run: text8 here, the others from tasks.make_task. Raises tasks.DataError."""
+    if args.task == "text8":
+        return tasks.CharLMTask("text8", load_text8(args.data_dir), args.seq_len,
+                                args.batch_size)
+    return tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
+                           args.test_seq_len, eval_size=args.eval_size)
+
+
+def probe(args, task, device, amp_dtype):
+    """One training step of this run on `device`, as a function (tasks.setup's --device auto)."""
+    net, (x, y) = build_model(args, task).to(device), (v.to(device) for v in task.train_batch(0))
+    return lambda: training_loss(net, task.kind, x, y, amp_dtype).backward()
+
+
+def attention_figure(model, task, device, path, samples=4, scale=4):
+    """Which memories SAB reads at each step, and with what weight, for the first `samples`
+    sequences of the test set, as a PNG through torchvision (the authors' release plots the
+    same). One panel per sequence, top to bottom: column t is step t, row i memory i (the state
+    written at step (i+1)*k_att - 1; the oldest on top); white is weight 0, dark blue 1; each
+    cell is scale x scale pixels. Returns `path`."""
+    from torchvision.utils import make_grid, save_image
+    x, _ = next(task.eval_batches("test", limit=samples))
+    sab = model.rnn
+    grid = torch.zeros(x.shape[1], len(x) // sab.k_att + int(sab.h0_memory), len(x))  # (B, M, T)
+
+    def watch(t, w, index, n):  # w, index: (B, K)
+        grid[:, :, t].scatter_(1, index.cpu(), w.float().cpu())
+    sab.watch = watch
+    with torch.no_grad():
+        model(x.to(device))
+    sab.watch = None
+    white_to_blue = torch.stack([1 - grid, 1 - grid, 1 - 0.45 * grid], dim=1)  # (B, 3, M, T)
+    cells = white_to_blue.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    save_image(make_grid(cells, nrow=1, padding=scale, pad_value=0.6), path)
+    return path
 
 
 def checkpoint_segment(k_trunc, seq_len):
@@ -716,7 +781,7 @@ def bank_mib(model, T, B, dtype=torch.float32):
     return (B * slots * ((H + A) * size + (H + A) * 4 + A * 4) + B * 8) / 2**20
 
 
-def run_benchmark(args, device, amp_dtype, rounds=5):
+def run_benchmark(args, device, amp_dtype, argv=None, rounds=5):
     """Forward+backward time and memory of this model against an LSTMCell loop and nn.LSTM of
     the same hidden size, all under the same autocast setting, in one run; with --compile also
     the model compiled (tasks.compiled: the forward pass as one graph, its backward another),
@@ -726,7 +791,8 @@ def run_benchmark(args, device, amp_dtype, rounds=5):
     slow spell of a shared machine hits them alike; the ratio to the LSTMCell loop is the
     median of the rounds' ratios, with their range. Memory: one call each (tasks.benchmark)."""
     B, H, D = args.batch_size, args.hidden_size, 10
-    lengths = [args.seq_len] if args.seq_len_given else [100, 300, 1000]
+    given = "--seq-len" in {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    lengths = [args.seq_len] if given else [100, 300, 1000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, H={H}, "
           f"D={D}, model {args.model} (k_top {args.k_top}, k_att {args.k_att}, "
           f"k_trunc {args.k_trunc}), grad_checkpoint={args.grad_checkpoint}, amp={amp_dtype}; "
@@ -771,59 +837,53 @@ def run_benchmark(args, device, amp_dtype, rounds=5):
 
 
 def main(argv=None):
+    """Trains one model on one task, tests its best validation checkpoint and writes
+    <out-dir>/sab-<task>-<model>-<tag>.json (the record, returned), .csv (a row per step) and,
+    for SAB on copy, -attention.png (`attention_figure`)."""
     args = parse_args(argv)
     if args.benchmark:
-        return run_benchmark(args, *tasks.setup(args)[:2])
-    tasks.Run.preflight("sab.py", args)  # refusals before any data is loaded
-    try:
-        task = tasks.make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
-                               args.test_seq_len, eval_size=args.eval_size)
-    except tasks.DataError as e:
-        raise SystemExit(f"error: {e}")
-
-    def probe(dev, amp_dtype):  # one training step of this run on `dev`, for --device auto
-        net, (x, y) = build_model(args, task).to(dev), (v.to(dev) for v in task.train_batch(0))
-        return lambda: training_loss(net, task.kind, x, y, amp_dtype).backward()
-    device, amp_dtype, use_scaler = tasks.setup(args, probe)
-    model = tasks.build(lambda: build_model(args, task).to(device), args)
+        return run_benchmark(args, *tasks.setup(args)[:2], argv)
+    run = tasks.Run("sab.py", args, argv)  # refusals, lock and Ctrl-C before any data is loaded
+    task = make_task(args)
+    device, amp_dtype, use_scaler = tasks.setup(args, lambda dev, amp: probe(args, task, dev, amp))
+    with torch.device("meta"):
+        tasks.check_fits(build_model(args, task), task, args, device)
+    model = build_model(args, task).to(device)
     if args.grad_checkpoint:
         model.rnn.checkpoint_every = checkpoint_segment(args.k_trunc, args.seq_len)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=args.adam_eps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    run = tasks.Run("sab.py", args, task, model, dict(opt=opt, scaler=scaler), device, argv,
-                    meta=dict(net=model.config),  # resume, lock, Ctrl-C, checkpoints, results
-                    added=dict(min_age=1))        # --min-age is newer than some checkpoints
+    run.start(model, task, device, meta=dict(net=model.config), opt=opt, scaler=scaler)
     forward_loss = tasks.compiled(  # with --compile one graph, and its backward another
         lambda x, y: training_loss(model, task.kind, x, y, amp_dtype), args, device)
 
-    grad_norms = []  # gradient norms before clipping since the last evaluation
     while run.training():
         x, y = (v.to(device) for v in task.train_batch(run.step))
         loss = forward_loss(x, y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        # the norm before clipping, kept as a tensor (no host sync) for the run history
-        grad_norms.append(nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf))
+        norm = nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)  # before
+        lr = learning_rate(args, run.step)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(args, run.step)
+            group["lr"] = lr
         scaler.step(opt)
         scaler.update()
-        run.step_done(loss)
+        run.step_done(loss, grad_norm=norm, lr=lr)
         if run.eval_due():
-            norms = torch.stack(grad_norms).float()
-            grad_norms = []
-            run.log(evaluate(model, task, "valid", device, amp_dtype, limit=args.eval_size,
-                             diagnostics=True),
-                    loss=loss.item(), grad_norm=norms.mean().item(),
-                    grad_norm_max=norms.max().item(), lr=learning_rate(args, run.step - 1),
-                    clipped=(norms > args.clip).float().mean().item() if args.clip else 0.0)
+            run.log(evaluate(model, task, "valid", device, amp_dtype, args.eval_size,
+                             diagnostics=True))
 
     # Test at the best validation checkpoint (coRNN's convention; IndRNN's code tests after the
     # last learning-rate drop, TCN averages the last epochs).
-    test_T = args.test_seq_len or args.seq_len
-    return run.finish(lambda split, limit: evaluate(model, task, split, device, amp_dtype, limit),
-                      paper=PAPER.get((args.task, args.model, test_T), "UNCONFIRMED"))
+    model.load_state_dict(run.best_weights())
+    test = evaluate(model, task, "test", device, amp_dtype, args.test_size)
+    figure = attention_figure(model, task, device, run.json_path[:-5] + "-attention.png") \
+        if task.kind == "copy" and model.rnn.attends else None
+    return run.finish(test, evaluate(model, task, "valid", device, amp_dtype, args.eval_size),
+                      paper=PAPER.get((args.task, args.model, args.test_seq_len or args.seq_len),
+                                      "UNCONFIRMED"),
+                      attention_figure=figure and os.path.basename(figure))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""What the three scripts share: tasks, metrics, the common CLI, the run harness, results tables.
-
-No model code lives here. A task gives time-major batches, the same in every script:
+"""What the three training scripts share: tasks and their data, losses and metrics, the shared
+flags, and the run harness (checkpoints, resume, lock, Ctrl-C, log, results record). No model
+code lives here; the results tables of finished runs are tools/tables.py.
 
     task = make_task("copy", seq_len=100, batch_size=64, data_dir="./data", seed=0)
     x, y = task.train_batch(step)   # a pure function of (seed, step): a resumed run sees the same
@@ -8,29 +8,22 @@ No model code lives here. A task gives time-major batches, the same in every scr
 
 x: LongTensor tokens (T, B) or FloatTensor (T, B, C); y: (T, B) tokens for per-step tasks (copy,
 ptb, text8), (B,) labels for classification, (B,) floats for regression (adding).
-`python tasks.py --help`: the results tables of finished runs.
 """
 import argparse
-import atexit
-import contextlib
+import csv
+import fcntl
 import gzip
 import hashlib
-import io
 import json
 import math
 import os
 import platform
-import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
-import urllib.request
-import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +46,11 @@ def copy_batch(batch_size, seq_len, generator):
     """Copy memory in the SAB layout (Ke et al. 2018, section 5.1): 10 digits from 1..8, T-1
     blanks (0), a marker 9, 10 blanks; the target is blanks (0) for T+10 steps, then the digits.
     Returns x, y: LongTensors (T+20, B), tokens 0..9 and 0..8."""
-    B, T = batch_size, seq_len
-    digits = torch.randint(1, 9, (10, B), generator=generator)
-    x = torch.zeros(T + 20, B, dtype=torch.long)
-    x[:10], x[T + 9] = digits, 9
-    y = torch.zeros(T + 20, B, dtype=torch.long)
-    y[T + 10:] = digits
+    digits = torch.randint(1, 9, (10, batch_size), generator=generator)
+    x = torch.zeros(seq_len + 20, batch_size, dtype=torch.long)
+    x[:10], x[seq_len + 9] = digits, 9
+    y = torch.zeros(seq_len + 20, batch_size, dtype=torch.long)
+    y[seq_len + 10:] = digits
     return x, y
 
 
@@ -83,7 +75,8 @@ def step_generator(seed, step):
 
 
 class SyntheticTask:
-    """Copy or adding: a fresh batch every step, fixed seeded valid/test sets of eval_size."""
+    """Copy or adding: a fresh batch every step, fixed seeded valid/test sets of eval_size; the
+    test split is at test_seq_len (transfer)."""
 
     def __init__(self, name, seq_len, batch_size, seed, test_seq_len=None, eval_size=1000):
         self.name, self.seq_len, self.batch_size, self.seed = name, seq_len, batch_size, seed
@@ -106,8 +99,6 @@ class SyntheticTask:
         return self.make(self.batch_size, self.seq_len, step_generator(self.seed, step))
 
     def eval_batches(self, split, limit=None):
-        """(x, y) batches of a fixed set of `limit` (default eval_size) samples; the test split
-        is at test_seq_len."""
         T = self.test_seq_len if split == "test" else self.seq_len
         g = torch.Generator().manual_seed(COPY_EVAL_SEEDS[split] + T)
         n = limit or self.eval_size
@@ -116,14 +107,15 @@ class SyntheticTask:
 
 
 # ----------------------------------------------------------------------------------------------
-# Image classification as pixel sequences.
+# Images as pixel sequences, from torchvision's datasets.
 
 def _torchvision_dataset(cls, root, train):
-    """torchvision's dataset, downloaded if missing; DataError naming the files otherwise."""
+    """torchvision's dataset, downloaded (its archives MD5-checked) if missing. DataError naming
+    the file to delete or to put in place otherwise."""
     from torchvision.datasets.utils import check_integrity
     try:
         return cls(root=root, train=train, download=True)
-    except Exception as e:  # network errors, corrupted archives, ...
+    except Exception as e:  # network errors, corrupted archives, unreadable extracted files
         where = os.path.join(root, "MNIST", "raw") if cls.__name__ == "MNIST" else root
         resources = getattr(cls, "resources", [])
         for name, md5 in resources:
@@ -131,40 +123,27 @@ def _torchvision_dataset(cls, root, train):
             if os.path.exists(path) and not check_integrity(path, md5):
                 raise DataError(f"{path} is corrupt (MD5 differs from the official file): "
                                 f"delete it, or put the official file there") from e
-            if path.endswith(".gz") and os.path.exists(path) and os.path.exists(path[:-3]):
+            if path.endswith(".gz") and os.path.exists(path[:-3]):
                 _check_extracted(path)  # e.g. a truncated copy that torchvision cannot read
-        files = ", ".join(name for name, _ in resources) or cls.filename
         raise DataError(
             f"{cls.__name__} is missing from {os.path.abspath(root)} and could not be downloaded "
-            f"({type(e).__name__}: {e}). Put the official files ({files}) into "
+            f"({type(e).__name__}: {e}). Put the official files ("
+            f"{', '.join(n for n, _ in resources) or cls.filename}) into "
             f"{os.path.abspath(where)}, or run once with network access.") from e
 
 
 def _check_extracted(archive):
-    """DataError naming the file to delete if the copy torchvision extracted from `archive` (a
-    verified .gz) differs from it: a changed pixel or label, or a truncated file."""
+    """torchvision checks an archive when it downloads it, not the file it extracted and reads
+    later: DataError naming that file if it differs from its .gz (a changed label, a cut)."""
     with gzip.open(archive, "rb") as f, open(archive[:-3], "rb") as g:
         if f.read() != g.read():
             raise DataError(f"{archive[:-3]} differs from its verified archive "
                             f"{os.path.basename(archive)}: delete it (it is extracted again)")
 
 
-def _check_mnist(ds, root, train):
-    """Checks the official .gz archives of a split against their MD5 and what torchvision
-    extracted from them (and loaded) against the archives: DataError naming the file to delete."""
-    from torchvision.datasets.utils import check_integrity
-    raw = os.path.join(root, "MNIST", "raw")
-    for name, md5 in [r for r in ds.resources if r[0].startswith("train" if train else "t10k")]:
-        archive = os.path.join(raw, name)
-        if not check_integrity(archive, md5):
-            raise DataError(f"{archive} is corrupt (MD5 differs from the official file): delete "
-                            f"it and run again (it is downloaded), or put the official file there")
-        _check_extracted(archive)
-
-
 def holdout(n):
-    """Splits n training samples into (indices kept for training, the 5% held out for
-    validation), the same fixed split (seed SPLIT_SEED) in every script."""
+    """(indices kept for training, the 5% held out for validation) of n training samples, the
+    same fixed split (seed SPLIT_SEED) in every script."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return order[n // 20:], order[:n // 20]
 
@@ -182,8 +161,8 @@ class EpochShuffle:
     _epoch = _order = None
 
     def _epoch_indices(self, n, step):
-        """Positions in 0..n-1 of the batch_size training samples of `step`. Raises DataError
-        if a batch is larger than the training set (it would silently be the whole set)."""
+        """Positions in 0..n-1 of the batch_size training samples of `step`. DataError if a batch
+        is larger than the training set (it would silently be the whole set)."""
         if self.batch_size > n:
             raise DataError(f"--batch-size {self.batch_size} is larger than the training set "
                             f"({n} samples)")
@@ -203,19 +182,21 @@ class ImageTask(EpochShuffle):
 
     def __init__(self, name, batch_size, data_dir, seed, as_tokens=False):
         import torchvision  # here, so that synthetic tasks need no torchvision
+        from torchvision.datasets.utils import check_integrity
         self.name, self.batch_size, self.seed, self.as_tokens = name, batch_size, seed, as_tokens
         self.kind, self.n_out, self.vocab = "classify", 10, 256 if as_tokens else None
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.MNIST
-        train, test = (_torchvision_dataset(cls, data_dir, t) for t in (True, False))
-        if name == "cifar10":  # (N, 32, 32, 3) uint8 numpy -> (N, 1024, 3), row-major scan
-            self.n_in, self.seq_len = 3, 1024
-        else:                  # (N, 28, 28) uint8 -> (N, 784, 1)
-            self.n_in, self.seq_len = 1, 784
-            _check_mnist(train, data_dir, True)
-            _check_mnist(test, data_dir, False)
-        xs = [torch.as_tensor(d.data).reshape(len(d.data), self.seq_len, self.n_in)
-              for d in (train, test)]
-        ys = [torch.as_tensor(d.targets, dtype=torch.long) for d in (train, test)]
+        data = [_torchvision_dataset(cls, data_dir, train) for train in (True, False)]
+        self.n_in, self.seq_len = (3, 1024) if name == "cifar10" else (1, 784)  # row-major scans
+        for name_, md5 in getattr(cls, "resources", []) if name != "cifar10" else []:
+            archive = os.path.join(data_dir, "MNIST", "raw", name_)  # what torchvision read
+            if not check_integrity(archive, md5):
+                raise DataError(f"{archive} is corrupt (MD5 differs from the official file): "
+                                f"delete it and run again (it is downloaded), or put the "
+                                f"official file there")
+            _check_extracted(archive)
+        xs = [torch.as_tensor(d.data).reshape(len(d.data), self.seq_len, self.n_in) for d in data]
+        ys = [torch.as_tensor(d.targets, dtype=torch.long) for d in data]
         if name == "pmnist":
             perm = torch.randperm(784, generator=torch.Generator().manual_seed(PMNIST_SEED))
             xs = [x[:, perm] for x in xs]
@@ -248,115 +229,46 @@ class ImageTask(EpochShuffle):
 
 
 # ----------------------------------------------------------------------------------------------
-# Character-level language modelling.
+# Character-level language modelling: Penn Treebank here, text8 (sab.py's alone) in sab.py.
 
-# Each PTB file: (name, md5). The raw URL is a byte-identical copy of Mikolov's simple-examples
-# split at a fixed commit; the tarball, tried second, is the original distribution.
-_PTB_TGZ = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
-_PTB_RAW = ("https://raw.githubusercontent.com/arthurdehgan/IFT6135_assignment_2/"
-            "191820cabc95c8d8af11d0bf3679207dd3b97e08/data/")
+# Each PTB file with its MD5: a byte-identical copy of Mikolov's simple-examples split at a fixed
+# commit (the original tarball has moved before).
+PTB_URL = ("https://raw.githubusercontent.com/arthurdehgan/IFT6135_assignment_2/"
+           "191820cabc95c8d8af11d0bf3679207dd3b97e08/data/")
 PTB_FILES = {"train": ("ptb.char.train.txt", "874909f99060142f6b88cc74c34baaa2"),
              "valid": ("ptb.char.valid.txt", "9e0fe5bec2a8bf43fd686dc23d5ab8bb"),
              "test": ("ptb.char.test.txt", "1f9a2d1afe00f76e8bfbe09a65439681")}
-TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
-TEXT8_SHA256 = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"  # of `text8`
 
 
-def checksum(path, algo):
-    """Hex digest of a file (hashlib algorithm name, e.g. "md5")."""
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(url, dest):
-    """Downloads url to dest through dest.part, so that a broken download leaves no dest."""
-    with urllib.request.urlopen(url, timeout=60) as r, open(dest + ".part", "wb") as f:
-        shutil.copyfileobj(r, f)
-    os.replace(dest + ".part", dest)
-
-
-def verified(path, digest, algo="md5"):
-    """True if `path` exists with the right checksum, False if it is missing; DataError if it
-    exists corrupted."""
-    if not os.path.exists(path):
-        return False
-    if checksum(path, algo) != digest:
-        raise DataError(f"{path} fails its {algo} checksum (expected {digest}): the file is "
-                        f"corrupted or truncated. Delete it and run again to download it.")
-    return True
-
-
-def ensure_ptb(data_dir):
-    """{split: path} of the char-level PTB files in `<data_dir>/ptb/`, downloaded if missing.
-    Raises DataError if they cannot be had or fail their MD5."""
-    folder = os.path.join(data_dir, "ptb")
-    os.makedirs(folder, exist_ok=True)
-    paths = {s: os.path.join(folder, name) for s, (name, _) in PTB_FILES.items()}
-    for split, (name, md5) in PTB_FILES.items():
-        errors = []
-        for url in (_PTB_RAW + name, _PTB_TGZ):
-            if verified(paths[split], md5):
-                break
-            try:
-                if url == _PTB_TGZ:  # the original tarball, which has moved before
-                    tgz = os.path.join(folder, "simple-examples.tgz")
-                    download(url, tgz)
-                    with tarfile.open(tgz) as tar:
-                        member = tar.extractfile(f"./simple-examples/data/{name}")
-                        with open(paths[split], "wb") as f:
-                            shutil.copyfileobj(member, f)
-                else:
-                    download(url, paths[split])
-            except (OSError, KeyError, tarfile.TarError) as e:
-                errors.append(f"{url}: {e}")
-        if not os.path.exists(paths[split]):
-            raise DataError(
-                f"char-level Penn Treebank file {name} is missing from {folder} and could not be "
-                f"downloaded ({'; '.join(errors)}). Put ptb.char.train.txt, ptb.char.valid.txt and "
-                f"ptb.char.test.txt (Mikolov's simple-examples/data) into {folder}.")
-        verified(paths[split], md5)
-    return paths
-
-
-def ensure_text8(data_dir):
-    """The path of `<data_dir>/text8/text8` (100M characters), downloaded if missing; DataError
-    if it cannot be had or fails its SHA-256."""
-    folder = os.path.join(data_dir, "text8")
-    path = os.path.join(folder, "text8")
-    if verified(path, TEXT8_SHA256, "sha256"):
+def download(url, folder, name, md5=None, what=""):
+    """folder/name, downloaded by torchvision's download_url (which checks the MD5) if missing.
+    DataError if a file already there fails its MD5 (torchvision would quietly fetch it again)
+    or the download fails; `what` tells where to get the file instead."""
+    from torchvision.datasets.utils import check_integrity, download_url
+    path = os.path.join(folder, name)
+    if os.path.exists(path):
+        if md5 and not check_integrity(path, md5):
+            raise DataError(f"{path} fails its MD5 checksum (expected {md5}): the file is "
+                            f"corrupted or truncated. Delete it and run again to download it.")
         return path
-    os.makedirs(folder, exist_ok=True)
     try:
-        if not os.path.exists(path + ".zip"):
-            download(TEXT8_URL, path + ".zip")
-        with zipfile.ZipFile(path + ".zip") as z:
-            z.extract("text8", folder)
-    except (OSError, zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"text8 is missing from {folder} and could not be downloaded from "
-                        f"{TEXT8_URL} ({e}). Put the unzipped file `text8` into {folder}.") from e
-    verified(path, TEXT8_SHA256, "sha256")
+        download_url(url, folder, name, md5)
+    except (OSError, RuntimeError) as e:
+        raise DataError(f"{name} is missing from {folder} and could not be downloaded from "
+                        f"{url} ({type(e).__name__}: {e}). {what}") from e
     return path
 
 
 class CharLMTask:
-    """Character-level language modelling: ptb (Mikolov's split) or text8 (90M/5M/5M).
+    """Character-level language modelling over text = {"train", "valid", "test": sequences of
+    characters}: ptb (Mikolov's split) here, text8 (90M/5M/5M) in sab.py.
 
     Each split is cut into B contiguous streams; batch i is the window [i*T, (i+1)*T) of every
     stream, so a hidden state may be carried from one batch to the next. Metric: bits per
-    character (BPC) = cross-entropy in nats / ln 2. Raises DataError (see ensure_ptb)."""
+    character (BPC) = cross-entropy in nats / ln 2. Raises DataError for a split too short."""
 
-    def __init__(self, name, seq_len, batch_size, data_dir):
+    def __init__(self, name, text, seq_len, batch_size):
         self.name, self.seq_len, self.batch_size, self.kind = name, seq_len, batch_size, "lm"
-        if name == "ptb":  # space-separated characters; '_' marks word boundaries
-            text = {s: [c for c in open(p).read().split(" ") if c]
-                    for s, p in ensure_ptb(data_dir).items()}
-        else:
-            raw = open(ensure_text8(data_dir)).read()
-            text = {"train": raw[:90_000_000], "valid": raw[90_000_000:95_000_000],
-                    "test": raw[95_000_000:]}
         self.vocab_list = sorted(set(text["train"]))
         index = {c: i for i, c in enumerate(self.vocab_list)}
         self.n_in = self.n_out = self.vocab = len(self.vocab_list)
@@ -385,27 +297,29 @@ class CharLMTask:
         return self._window("train", step % self.windows("train"))
 
     def eval_batches(self, split, limit=None):
-        n = self.windows(split) if limit is None else min(limit, self.windows(split))
-        for i in range(n):
+        for i in range(self.windows(split) if limit is None else min(limit, self.windows(split))):
             yield self._window(split, i)
-
-
-TASK_NAMES = ["copy", "adding", "mnist", "pmnist", "cifar10", "ptb", "text8"]
 
 
 def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test_seq_len=None,
               as_tokens=False, eval_size=1000):
-    """A shared task by name (TASK_NAMES; indrnn.py and rlstm.py add their own). seq_len is T of
-    copy / adding / ptb / text8 (images have fixed lengths). Raises ValueError, DataError."""
+    """A shared task: copy, adding (seq_len T), mnist, pmnist, cifar10 (fixed T), ptb (windows
+    of seq_len). Each script builds its own others. Raises ValueError, DataError."""
     if name in ("copy", "adding"):
         return SyntheticTask(name, seq_len, batch_size, seed, test_seq_len, eval_size)
     if name in ("mnist", "pmnist", "cifar10"):
         return ImageTask(name, batch_size, data_dir, seed, as_tokens)
-    if name in ("ptb", "text8"):
-        return CharLMTask(name, seq_len, batch_size, data_dir)
-    raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
+    if name == "ptb":  # space-separated characters; '_' marks word boundaries
+        folder = os.path.join(data_dir, "ptb")
+        text = {s: [c for c in open(download(PTB_URL + f, folder, f, md5, (
+            f"Put ptb.char.train.txt, ptb.char.valid.txt and ptb.char.test.txt (Mikolov's "
+            f"simple-examples/data) into {folder}."))).read().split(" ") if c]
+            for s, (f, md5) in PTB_FILES.items()}
+        return CharLMTask(name, text, seq_len, batch_size)
+    raise ValueError(f"unknown task {name!r}")
 
 
+# ----------------------------------------------------------------------------------------------
 # Losses and metrics, one definition for every script.
 
 def loss_and_stats(kind, out, y, stats=True):
@@ -475,14 +389,11 @@ SELECT = {"copy": ("valid_acc", True), "classify": ("valid_acc", True),
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line: the flags every script shares, spelled the same everywhere.
+# The command line: the flags every script shares, spelled the same everywhere.
 
-# Every numeric flag's valid range, in one place: argparse types that refuse anything else with a
-# one-line usage error naming the flag. Integers stay below 2^31 and floats are finite and at most
-# 1e6 in size, so that nothing that passes here overflows later (a seed, a size, a float32 lr).
-INT_MAX, FLOAT_MAX = 2**31 - 1, 1e6
-
-
+# Every numeric flag's valid range: argparse types that refuse anything else with a one-line
+# usage error naming the flag. Integers stay below 2^31 and floats are finite and at most 1e6,
+# so that nothing that passes here overflows later (a seed, a size, a float32 lr).
 def _number(cast, low, high, what):
     def parse(s):
         try:
@@ -495,143 +406,129 @@ def _number(cast, low, high, what):
     return parse
 
 
-positive_int = _number(int, lambda v: v > 0, INT_MAX, "a positive integer")
-nonneg_int = _number(int, lambda v: v >= 0, INT_MAX, "a non-negative integer")
-positive_float = _number(float, lambda v: v > 0, FLOAT_MAX, f"a number in (0, {FLOAT_MAX:g}]")
-nonneg_float = _number(float, lambda v: v >= 0, FLOAT_MAX, f"a number in [0, {FLOAT_MAX:g}]")
+positive_int = _number(int, lambda v: v > 0, 2**31 - 1, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, 2**31 - 1, "a non-negative integer")
+positive_float = _number(float, lambda v: v > 0, 1e6, "a number in (0, 1e+06]")
+nonneg_float = _number(float, lambda v: v >= 0, 1e6, "a number in [0, 1e+06]")
 probability = _number(float, lambda v: v >= 0, 1.0, "a number in [0, 1]")
 fraction = _number(float, lambda v: v >= 0, 1.0 - 1e-9, "a number in [0, 1)")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only where it is one value for every task (the per-task
-    defaults are in the epilog); keeps the epilog's table as written."""
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default for the task asked about; none for switches and for
+    flags that have no default (then the help says what happens)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS):
+        if action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 
 
-def defaults_epilog(defaults, per_task, quick, per_model=None):
-    """The epilog of a script's --help: its defaults for every task, and what --quick sets."""
-    def show(d):  # --flag value; a switch that is on: --flag; off: left out
-        return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                        for k, v in d.items() if v is not False)
-    lines = ["defaults for every task: " + show(defaults), "", "per task (override the above):"]
-    lines += [f"  {task}: {show(d)}" for task, d in per_task.items()]
-    if per_model:
-        lines += ["", "per model and task:"]
-        lines += [f"  {m} on {task}: {show(d)}" for (m, task), d in per_model.items()]
-    lines += ["", "--quick sets (CPU scale, minutes):"]
-    lines += [f"  {task}: {show(d)}" for task, d in quick.items()]
-    return "\n".join(lines)
-
-
-def common_parser(description, tasks, models, epilog=None):
-    """argparse parser with the shared flags. Defaults of None are filled in per task by the
-    script (listed in `epilog`, see defaults_epilog)."""
-    p = argparse.ArgumentParser(description=description, epilog=epilog,
-                                formatter_class=_HelpFormatter)
+def common_parser(description, tasks, models):
+    """The parser of a script with the flags all three share. The script adds its own, then
+    sets the defaults of the preset that `first_look` finds, then calls `parse`."""
+    p = argparse.ArgumentParser(description=description, formatter_class=_Help)
     a = p.add_argument
     a("--task", choices=tasks, default=tasks[0], help="the task to train on")
     a("--model", choices=models, default=models[0], help="the model to train")
-    a("--seq-len", type=positive_int, help="T (default: the paper's for the task)")
+    a("--quick", action="store_true", help="the CPU-scale preset of the task: minutes")
+    a("--seq-len", type=positive_int, help="T")
     a("--test-seq-len", type=positive_int, help="evaluate the test set at this T (transfer)")
     a("--batch-size", type=positive_int, help="sequences per training batch")
     a("--hidden-size", type=positive_int, help="units per recurrent layer")
     a("--layers", type=positive_int, help="recurrent layers")
     a("--lr", type=positive_float, help="learning rate")
     a("--clip", type=nonneg_float, help="gradient-norm clip (0: none)")
-    a("--steps", type=positive_int, help="training steps (optimizer updates)")
+    a("--steps", type=positive_int, help="training steps (optimizer updates), at most")
     a("--eval-every", type=positive_int, help="validate and checkpoint every N steps")
-    a("--eval-size", type=positive_int,
-      help="validation samples (copy, adding, images) or windows (ptb, text8) per evaluation")
-    a("--test-size", type=positive_int,
-      help="test on the first N samples (windows for ptb, text8) only (default: the whole test "
-           "set; the --quick presets of slow tasks set it, and the results record it)")
-    a("--time-budget", type=positive_float, help="stop training after this many minutes")
+    a("--eval-size", type=positive_int, help="validation samples (copy, adding, images) or "
+                                             "windows (ptb, text8) per evaluation")
+    a("--test-size", type=positive_int, help="test on the first N samples (windows for ptb, "
+                                             "text8) only; without it the whole test set")
+    a("--stop-at", type=float, help="stop training once the validation metric reaches this "
+                                    "(MSE, BPC: at or below; accuracy in %%: at or above)")
+    a("--time-budget", type=positive_float, help="a safety cap: stop training after this many "
+                                                 "minutes (the results file says so)")
     a("--seed", type=nonneg_int, default=0, help="seed of the weights and the training data")
     a("--device", choices=["auto", "cpu", "cuda"], default="auto",
-      help="auto: cuda when torch sees a GPU")
+      help="auto: the faster of CPU and GPU for this run, measured")
     a("--amp", nargs="?", const="auto", default="off", choices=["off", "auto", "bf16", "fp16"],
       help="mixed precision under torch.autocast: bf16 where supported, else fp16 + GradScaler")
+    a("--compile", action="store_true", help="compile the forward pass and loss of a training "
+      "step with torch.compile (one graph, its backward too; CUDA graphs on a GPU)")
     a("--grad-checkpoint", action="store_true",
       help="recompute the forward pass in time segments (torch.utils.checkpoint)")
     a("--data-dir", default="./data", help="datasets are read (and downloaded) here")
-    a("--out-dir", default="./results",
-      help="results JSON here, checkpoints in its ckpt/ folder")
-    a("--tag", help="name suffix of the result and checkpoint files (default: T<seq-len>"
-                    "[-quick][-s<seed>][-<hash of the other flags that differ from the preset>])")
-    a("--resume", action="store_true", help="continue from the last checkpoint of this run name")
-    a("--restart", action="store_true",
-      help="delete this run name's checkpoints and start over (without it an existing run is "
-           "refused)")
-    a("--eval-only", action="store_true",
-      help="no training: test the best checkpoint of this run name (with --test-seq-len: at "
-           "another T)")
+    a("--out-dir", default="./results", help="results, logs and figures; checkpoints in ckpt/")
+    a("--tag", help="name of the run's files; without it T<seq-len>[-quick][-s<seed>][-<hash of "
+                    "the flags that differ from the preset>]")
+    a("--resume", action="store_true", help="continue from the last checkpoint of this run")
+    a("--restart", action="store_true", help="delete this run's checkpoints and results and "
+                                             "start over (an existing run is refused without)")
+    a("--eval-only", action="store_true", help="no training: test the best checkpoint of this "
+                                               "run (with --test-seq-len: at another T)")
     a("--checkpoint-minutes", type=positive_float, default=5.0,
       help="also write a checkpoint every this many minutes of wall time")
-    a("--quick", action="store_true",
-      help="CPU-scale preset that runs in minutes (what it sets per task: below)")
-    a("--benchmark", action="store_true",
-      help="time forward+backward and peak memory against nn.LSTM, then exit")
-    a("--compile", action="store_true",
-      help="compile the forward pass and loss of a training step with torch.compile (one graph, "
-           "its backward compiled too; on CUDA with CUDA graphs); same results to float32 "
-           "rounding, compiled once at the start")
-    a("--threads", type=positive_int, default=1,
-      help="torch CPU threads; the numbers of a run depend on it (rounding), so the default is "
-           "the same on every machine")
+    a("--benchmark", action="store_true", help="time and memory against nn.LSTM, then exit")
+    a("--threads", type=positive_int, default=1, help="torch CPU threads; the numbers of a run "
+                                                      "depend on them (rounding)")
     return p
 
 
-def check_args(p, args):
-    """The checks every script shares once its defaults are filled in: p.error, one line."""
+def first_look(p, argv, *flags):
+    """--task, --model, --quick, --seq-len and `flags` as given in argv (the parser's defaults
+    where absent or invalid, which `parse` then refuses): what the script's preset depends on,
+    read before the real parse so that the preset can become the parser's defaults."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--quick", action="store_true")
+    for flag in ("--task", "--model", "--seq-len", *flags):
+        first.add_argument(flag)
+    seen = first.parse_known_args(argv)[0]
+    for name in ("task", "model"):
+        if getattr(seen, name) not in p._option_string_actions[f"--{name}"].choices:
+            setattr(seen, name, p.get_default(name))
+    seen.seq_len = int(seen.seq_len) if (seen.seq_len or "").isdigit() else None
+    p.epilog = (f"The defaults shown are those of --task {seen.task} --model {seen.model}"
+                f"{' --quick' if seen.quick else ''}; another's: add its --task, --model or "
+                f"--quick to --help.")
+    return seen
+
+
+def parse(p, argv):
+    """argv parsed once (with the preset's defaults, see `first_look`) and the checks every
+    script shares: a one-line usage error each."""
+    args = p.parse_args(argv)
     for flag, T in (("--seq-len", args.seq_len), ("--test-seq-len", args.test_seq_len)):
         if args.task == "adding" and T is not None and T < 2:
             p.error(f"{flag} {T}: adding needs T >= 2 (one marker in each half)")
     for flag, path in (("--data-dir", args.data_dir), ("--out-dir", args.out_dir)):
         if os.path.isfile(path):
             p.error(f"{flag} {path} is a file, not a folder")
+    return args
 
 
-def _allocating(fn, message):
-    """fn(); an allocation failure (MemoryError, or an allocator's RuntimeError) becomes
-    SystemExit with the one line `error: <message(detail)>`; any other error passes through."""
-    try:
-        return fn()
-    except (RuntimeError, MemoryError) as e:
-        text = str(e)
-        if not (isinstance(e, MemoryError) or "allocat" in text or "out of memory" in text
-                or "size calculation overflow" in text):  # CUDA: a size past 2^63 bytes
-            raise
-        raise SystemExit("error: " + message(
-            f"({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})"))
+def run_tag(p, args, base):
+    """--tag, or `base` (e.g. T<seq-len>) + "-quick" + "-s<seed>" for a seed other than 0 +
+    a hash of the flags that shape the computation and differ from the preset's defaults: two
+    configurations never share a name, and the preset's own runs keep short names."""
+    defaults = vars(p.parse_args([]))
+    changed = {k: v for k, v in sorted(vars(args).items()) if k in defaults and
+               k not in RESUMABLE | {"task", "model", "seq_len", "tag", "seed"} and v != defaults[k]}
+    return args.tag or (base + "-quick" * args.quick + (f"-s{args.seed}" if args.seed else "")
+                        + ("-" + hashlib.sha1(json.dumps(changed, default=str).encode())
+                           .hexdigest()[:6] if changed else ""))
 
 
-def build(make, args):
-    """make() -> the model, on its device. A size too large to allocate is a one-line error that
-    names the size flags instead of an allocator traceback."""
-    return _allocating(make, lambda detail: (
-        f"the model does not fit in memory with --hidden-size {args.hidden_size} --layers "
-        f"{args.layers} --batch-size {args.batch_size} {detail}"))
+# Flags that may differ on --resume: when and how long a run goes, where it reads and writes.
+# Every other flag shapes the model, the data or the optimizer and must match the checkpoint.
+RESUMABLE = {"steps", "stop_at", "time_budget", "eval_every", "test_size", "test_seq_len",
+             "resume", "restart", "eval_only", "threads", "device", "compile", "data_dir",
+             "out_dir", "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark",
+             "ss_steps", "steps_like", "unconfirmed"}
 
 
-def run_main(main):
-    """Calls a script's main(); an allocation failure later on (a batch, an evaluation) is a
-    one-line error naming the size flags, and so is a DataError (e.g. a batch larger than the
-    training set). The checkpoints on disk are kept (see Run)."""
-    try:
-        return _allocating(main, lambda detail: (
-            f"out of memory {detail}: lower --batch-size, --eval-size or --hidden-size (the "
-            f"checkpoints on disk are kept)"))
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
-    finally:  # end the progress bar before the error line is printed
-        if Run.active is not None:
-            Run.active.close()
-
+# ----------------------------------------------------------------------------------------------
+# Device, precision, compilation, and what a run records about its machine.
 
 def setup(args, probe=None):
     """Threads, device, AMP and the seed of a run: returns (device, autocast dtype or None, use
@@ -639,16 +536,14 @@ def setup(args, probe=None):
 
     --device auto: the CPU without a GPU. With one, the faster of the two for this run when
     `probe` is given: probe(device, amp_dtype) returns a function that takes one training step
-    (forward and backward) of this run there; the median of 3 timed steps, after a warm-up step,
-    decides, and one line says which device and both times (a step loop of small operations can
-    be faster on one CPU thread than on a GPU, which waits on kernel launches). The random state
-    is restored, so the run is what --device would give. Without a probe (--benchmark), or with
-    --compile (which is for CUDA graphs): the GPU."""
+    of this run there; 3 timed steps after a warm-up step decide, and one line says which device
+    and both times (a step loop of small operations can be faster on one CPU thread than on a
+    GPU that waits on kernel launches). The random state is restored: the run is what --device
+    would give. Without a probe (--benchmark), or with --compile (for CUDA graphs): the GPU."""
     torch.set_num_threads(args.threads)
-    # Flush float32 values below 1.2e-38 to zero on CPU. Gradients that vanish through a long
-    # LSTM reach that range, and arithmetic on such subnormal numbers is slow: adding at
-    # T = 1000, nn.LSTM, one thread, 20 steps took 131 s with them and 17 s without, with the
-    # same test MSE (docs/reproduce.md, "What a run does").
+    # Flush float32 values below 1.2e-38 to zero on CPU: gradients that vanish through a long
+    # LSTM reach that range, and arithmetic on such subnormal numbers is slow (adding at T = 1000,
+    # nn.LSTM, one thread: 131 s for 20 steps with them, 17 s without, the same test MSE).
     torch.set_flush_denormal(True)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
@@ -660,7 +555,9 @@ def setup(args, probe=None):
         rng = torch.get_rng_state(), torch.cuda.get_rng_state_all()
         for d in (torch.device("cpu"), device):
             if args.amp != "fp16" or d.type == "cuda":
-                seconds[d] = _seconds_per_step(probe(d, _amp(args, d)[0]), d)
+                step = probe(d, _amp(args, d)[0])
+                step()  # warm-up
+                seconds[d] = benchmark(step, d, repeats=3, memory=False)[0]
         torch.set_rng_state(rng[0])
         torch.cuda.set_rng_state_all(rng[1])
         device = min(seconds, key=seconds.get)
@@ -678,18 +575,6 @@ def _amp(args, device):
         amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
     return {"off": (None, False), "bf16": (torch.bfloat16, False),
             "fp16": (torch.float16, True)}[amp]
-
-
-def _seconds_per_step(step, device, repeats=3):
-    """The median time of `repeats` calls of step() on `device`, after one warm-up call."""
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[repeats // 2]
 
 
 def compiled(fn, args, device):
@@ -716,23 +601,26 @@ def compiled(fn, args, device):
     return run
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and results.
-
-def save_checkpoint(path, state):
-    """torch.save, atomically: a killed run leaves either the old or the new file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def write_results(path, record):
-    """Writes one run's JSON record atomically; returns the path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)
-    return path
+def check_fits(model, task, args, device):
+    """SystemExit naming the size flags if `model` (built on the meta device: sizes, no memory)
+    cannot be trained in the memory this machine has: its weights, gradients and two optimizer
+    moments, and a batch of float inputs (B x T x input features). Asked before anything is
+    allocated (an allocator may grant far more than there is; the process then dies silently)."""
+    need = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    need += 4 * args.batch_size * (getattr(task, "seq_len", 1) or 1) * task.n_in
+    if device.type == "cuda":
+        have = torch.cuda.mem_get_info(device)[1]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                have = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemTotal"))
+        except (OSError, StopIteration):
+            return
+    if need > have:
+        raise SystemExit(f"error: the model does not fit in memory with --hidden-size "
+                         f"{args.hidden_size} --layers {args.layers} --batch-size "
+                         f"{args.batch_size} ({need / 2**30:,.1f} GiB for its weights, gradients "
+                         f"and optimizer state; {have / 2**30:,.1f} GiB here)")
 
 
 def hardware(device):
@@ -757,13 +645,6 @@ def git_commit():
                                                            "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def peak_memory_mb(device):
-    """Peak CUDA memory allocated on a GPU; peak resident set size of the process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def benchmark(step_fn, device, repeats=3, memory=True):
@@ -814,317 +695,310 @@ def _step_mib(step_fn, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# The run harness: the bookkeeping around each script's training loop (which stays in the script).
+# The run harness. Each script's main() holds its training loop and makes these calls:
 #
-#     run = tasks.Run("sab.py", args, task, model, dict(opt=opt, scaler=scaler), device)
+#     run = tasks.Run("sab.py", args, argv)                    # files, refusals, lock, Ctrl-C
+#     run.start(model, task, device, opt=opt, scaler=scaler)   # --resume: the last state
 #     while run.training():
 #         ... one optimizer update on task.train_batch(run.step) ...
-#         run.step_done(loss)
+#         run.step_done(loss, grad_norm=norm, lr=lr)  # CSV log, Ctrl-C, timed checkpoints
 #         if run.eval_due():
-#             run.log(evaluate(...))
-#     return run.finish(lambda split, limit: evaluate(...), paper=...)
-#
-# What a run guarantees: checkpoints are written atomically; a checkpoint with non-finite weights
-# or validation metric is never written; Ctrl-C or SIGTERM writes a checkpoint of the current step
-# and prints the command that resumes; a checkpoint is also written every --checkpoint-minutes; a
-# run name is locked while its run lives; an existing run is never overwritten without --restart;
-# --resume refuses changed flags.
+#             run.log(evaluate(...))                  # history, best and last checkpoints
+#     model.load_state_dict(run.best_weights())
+#     return run.finish(evaluate(test), evaluate(valid), paper=...)   # the results record
 
-# Flags that may differ on --resume: when and how long a run goes, where it reads and writes.
-# Every other flag shapes the model, the data or the optimizer and must match the checkpoint.
-# (ss_steps: rlstm.py's scheduled-sampling ramp, which defaults to --steps; unconfirmed: its list
-# of the flags left at an UNCONFIRMED default, derived from the others, --steps included)
-RESUMABLE_FLAGS = {"steps", "ss_steps", "time_budget", "eval_every", "test_size", "test_seq_len",
-                   "resume", "restart", "eval_only", "threads", "device", "data_dir", "out_dir",
-                   "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark", "unconfirmed",
-                   "stop_at", "steps_like", "compile"}
-
-
-def default_tag(base, args, parse_args, argv=None):
-    """The tag of a run name when --tag is not given: `base` (for example T<seq_len>[-quick]),
-    then -s<seed> for a seed other than 0 and -<6 hex digits>, a hash of the flags that shape the
-    computation (all but RESUMABLE_FLAGS) and differ from the preset the same --task, --model,
-    --quick and --seq-len give. So two configurations never share a run name, and the preset's
-    own runs keep short names. parse_args: the script's; argv: its command line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    preset = ["--task", args.task, "--model", args.model, "--tag", "preset"]
-    preset += ["--quick"] if args.quick else []
-    if any(a == "--seq-len" or a.startswith("--seq-len=") for a in argv):
-        preset += ["--seq-len", str(args.seq_len)]
-    try:  # quietly: a --seq-len may not fit the preset's other defaults (argparse would print)
-        with contextlib.redirect_stderr(io.StringIO()):
-            defaults = vars(parse_args(preset))
-    except SystemExit:
-        defaults = {}  # then every flag counts: the hash names the whole configuration
-    changed = {k: v for k, v in vars(args).items()
-               if k not in RESUMABLE_FLAGS | {"tag", "seed"} and defaults.get(k) != v}
-    tag = base + (f"-s{args.seed}" if args.seed else "")
-    if changed:
-        digest = hashlib.sha1(json.dumps(changed, sort_keys=True, default=str).encode())
-        tag += "-" + digest.hexdigest()[:6]
-    return tag
+COLUMNS = {"copy": ["acc", "ce", "ce_all"], "lm": ["bpc"], "classify": ["acc", "ce"],
+           "regress": ["mse"]}  # a task kind's validation metrics (summarize): in the CSV log
 
 
 class Run:
-    """One training run's files, resume, lock, signals and results record.
+    """One training run: its files, lock, resume, signals, log and results record.
 
-    Files under --out-dir, for the run name <script>-<task>-<model>-<tag>: ckpt/<name>.pt (the
-    last state: model, `state` objects, RNG, step, history, `extra`), ckpt/<name>-best.pt (the
-    model at the best validation metric), ckpt/<name>.lock (held while the run lives) and
-    <name>[-test<T'>].json (the results record).
-
-    model: the nn.Module; state: {name: object with state_dict()/load_state_dict()} saved with
-    it (optimizer, GradScaler, scheduler); extra: plain values the script keeps across steps
-    (e.g. a carried hidden state), saved and restored as `run.extra`; meta: written into both
-    checkpoints (e.g. the network's config for a loader); added: {flag: value} for flags added
-    after older checkpoints were written, with the value that reproduces those (a checkpoint
-    without the flag has that value).
-    Raises SystemExit with a one-line message for every refusal (existing run, locked run,
-    unreadable or mismatching checkpoint, unwritable --out-dir).
+    Files under --out-dir for the run name <script>-<task>-<model>-<tag>: ckpt/<name>.pt (the
+    last state: weights, optimizer, RNG, step, history, `extra`), ckpt/<name>-best.pt (the
+    weights at the best validation metric), ckpt/<name>.lock (locked while the run lives),
+    <name>.csv (a row per step: time, loss and the script's fields such as the gradient norm
+    and learning rate; the validation metrics at evaluation steps) and
+    <name>[-test<T'>].json (the results record). What it guarantees: docs/reproduce.md. Every
+    refusal and failure is a SystemExit with a one-line message.
     """
-    active = None  # the run of this process, until close() (run_main closes it on an error)
-    bar = None
+    active = None  # the run of this process (run_main closes it on an error)
 
-    @staticmethod
-    def paths(script, args):
-        """(run name, ckpt folder, last checkpoint, best checkpoint) of a run."""
-        name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
-        folder = os.path.join(args.out_dir, "ckpt")
-        return name, folder, *(os.path.join(folder, name + s) for s in (".pt", "-best.pt"))
-
-    @staticmethod
-    def preflight(script, args):
-        """The refusals that need no data or model, for a script to call before it loads data:
-        an unwritable --out-dir, --resume / --eval-only without a checkpoint, an existing run
-        without --resume or --restart. SystemExit with a one-line message."""
-        name, folder, last, best = Run.paths(script, args)
-        if os.path.exists(last) and not (args.resume or args.eval_only or args.restart):
-            raise SystemExit(f"error: run {name} exists ({last}): add --resume to continue it, "
-                             f"or --restart to start it over")
-        if args.resume and not os.path.exists(last):
-            raise SystemExit(f"error: no checkpoint {last} to resume from (check --task, "
-                             f"--model, --tag / --seq-len / --quick and --out-dir)")
-        if args.eval_only and not os.path.exists(best):
-            raise SystemExit(f"error: --eval-only: no best checkpoint {best} (train the run "
-                             f"first)")
-        try:
-            os.makedirs(folder, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise PermissionError(13, "Permission denied")
+    def __init__(self, script, args, argv=None):
+        self.script, self.args, self.bar, self.diverged, self.model = script, args, None, None, None
+        self.argv = list(sys.argv[1:] if argv is None else argv)
+        self.name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
+        ckpt = os.path.join(args.out_dir, "ckpt", self.name)
+        self.last_path, self.best_path = ckpt + ".pt", ckpt + "-best.pt"
+        T = args.test_seq_len or args.seq_len
+        self.json_path = os.path.join(args.out_dir, self.name + (
+            f"-test{T}" if T != args.seq_len else "") + ".json")
+        self.csv_path = os.path.join(args.out_dir, self.name + ".csv")
+        done = next((p for p in (self.last_path, self.json_path) if os.path.exists(p)), None)
+        if done and not (args.resume or args.eval_only or args.restart):
+            raise SystemExit(f"error: run {self.name} exists ({done}): add --resume to continue "
+                             f"it, or --restart to start it over")
+        if args.resume and not os.path.exists(self.last_path):
+            raise SystemExit(f"error: no checkpoint {self.last_path} to resume from (check "
+                             f"--task, --model, --tag / --seq-len / --quick and --out-dir)")
+        if args.eval_only and not os.path.exists(self.best_path):
+            raise SystemExit(f"error: --eval-only: no best checkpoint {self.best_path} (train "
+                             f"the run first)")
+        if Run.active is not None:  # an earlier run of this process that ended in an exception
+            Run.active.close()
+        try:  # the lock is held while this process lives; the system releases it if it dies
+            os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+            self.lock = open(ckpt + ".lock", "a")
         except OSError as e:
             raise SystemExit(f"error: --out-dir {args.out_dir} is not writable ({e.strerror})")
-
-    def __init__(self, script, args, task, model, state, device, argv=None, extra=None,
-                 meta=None, added=None):
-        self.script, self.args, self.task, self.model, self.state = script, args, task, model, state
-        self.device, self.meta, self.extra, self.added = device, meta or {}, extra or {}, added or {}
-        self.argv = list(sys.argv[1:] if argv is None else argv)
-        self.metric, self.larger_is_better = SELECT[task.kind]
-        self.name, folder, self.last_path, self.best_path = Run.paths(script, args)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.lock.close()
+            raise SystemExit(f"error: run {self.name} is already running ({self.lock.name} is "
+                             f"locked); wait for it or use another --tag")
+        Run.active = self
+        for path in (self.last_path, self.best_path, self.json_path, self.csv_path):
+            if args.restart and os.path.exists(path):
+                os.remove(path)
         self.step, self.best, self.history, self.elapsed = 0, None, [], 0.0
-        self.saved_step = None      # the step of the last checkpoint on disk (None: none yet)
-        self.interrupted = None     # the signal's name once SIGINT / SIGTERM arrived
-        self.diverged = None        # why training stopped on a non-finite value (then finish()
-        #                             tests the best checkpoint, records this and exits with it)
-        self._handlers, self.lock_path = {}, None
-        Run.preflight(script, args)  # again: the files may have changed since main() called it
-        self._lock(folder)
-        if args.restart:
-            for path in (self.last_path, self.best_path):
-                if os.path.exists(path):
-                    os.remove(path)
-        elif os.path.exists(self.last_path):  # preflight: only with --resume or --eval-only
-            self._restore(self._read(self.last_path))
-        print(f"== {script} | task: {task.description}")
-        print("== config: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
-        print(f"== device: {device} ({hardware(device)}), seed={args.seed}, params="
-              f"{sum(p.numel() for p in model.parameters()):,}"
-              + (f", resumed at step {self.step}" if self.step else ""))
+        self.rows, self.interval = [], []  # steps not yet in the CSV; since the last evaluation
+        self.interrupted = self.saved_step = self.bad = self.expect = None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._handlers[sig] = signal.signal(sig, self._on_signal)
+                signal.signal(sig, self._on_signal)
+
+    def start(self, model, task, device, extra=None, meta=None, **state):
+        """Attaches the model and `state` (objects with state_dict(), saved with it: optimizer,
+        scaler, scheduler), restores the last checkpoint with --resume or --eval-only, prints
+        the run's header. `extra`: plain values kept across steps (a carried hidden state),
+        saved and restored as run.extra; `meta`: written into both checkpoints (the network's
+        configuration, for a loader)."""
+        self.model, self.task, self.device, self.state, self.extra = model, task, device, \
+            state, extra or {}
+        self.meta = meta or {}
+        self.metric, self.larger = SELECT[task.kind]
+        if os.path.exists(self.last_path) and (self.args.resume or self.args.eval_only):
+            self._restore(self._read(self.last_path))
+        print(f"== {self.script} | task: {task.description}\n== config: " + " ".join(
+            f"{k}={v}" for k, v in sorted(vars(self.args).items())) + f"\n== device: {device} ("
+            f"{hardware(device)}), seed={self.args.seed}, params="
+            f"{sum(p.numel() for p in model.parameters()):,}"
+            + (f", resumed at step {self.step}" if self.step else ""))
         self.t_start, self.last_save = time.time() - self.elapsed, time.time()
-        self._bad_step = self._bad_loss = None  # see step_done
-        self._shown = time.time()
-        self.bar = tqdm(total=args.steps, initial=self.step, mininterval=5, desc=self.name,
+        self.checked = time.time()
+        self.bar = tqdm(total=self.args.steps, initial=self.step, mininterval=5, desc=self.name,
                         disable=not self.training(), dynamic_ncols=True)
 
-    # -- the training loop's calls ---------------------------------------------------------------
+    def stop_reason(self):
+        """Why training stops now ("steps", "stop_at", "time budget", "diverged"), or None."""
+        target, a = self.args.stop_at, self.args
+        return ("diverged" if self.diverged else "steps" if self.step >= a.steps else
+                "time budget" if a.time_budget and time.time() - self.t_start > a.time_budget * 60
+                else "stop_at" if target is not None and self.best is not None and (
+                    self.best >= target if self.larger else self.best <= target) else None)
+
     def training(self):
-        """True while the loop should take another step (steps and time budget left, and the
-        validation metric short of --stop-at where a script has that flag)."""
-        return (not self.args.eval_only and self.step < self.args.steps and not self.out_of_time()
-                and not self.reached() and not self.diverged)
+        return not self.args.eval_only and self.stop_reason() is None
 
-    def reached(self):
-        """True once the best validation metric reached --stop-at (if the script has it)."""
-        target = getattr(self.args, "stop_at", None)
-        return target is not None and self.best is not None and (
-            self.best >= target if self.larger_is_better else self.best <= target)
+    def eval_due(self):
+        """At every --eval-every steps, at the last step and when the time budget ends."""
+        return not self.diverged and (self.step % self.args.eval_every == 0
+                                      or self.stop_reason() in ("steps", "time budget"))
 
-    def out_of_time(self):
-        budget = self.args.time_budget
-        return bool(budget) and time.time() - self.t_start > budget * 60
-
-    def step_done(self, loss):
-        """Counts an optimizer update without a host synchronisation: the loss stays on its
-        device, where the first non-finite one is remembered. It is read at every evaluation,
-        checkpoint and signal and every few seconds (with the progress bar), and a non-finite
-        loss then ends training at the step it occurred (see _diverged). Writes a checkpoint
-        every --checkpoint-minutes; on SIGINT / SIGTERM writes one and exits with the command
-        that resumes."""
+    def step_done(self, loss, **fields):
+        """Counts an optimizer update and logs it (loss and `fields`, tensors or numbers) with no
+        host synchronisation: the values stay on their device until every few seconds, an
+        evaluation, a checkpoint or a signal, when a non-finite loss ends training at the step
+        it occurred. Writes a checkpoint every --checkpoint-minutes; on SIGINT or SIGTERM
+        writes one and exits 130 with the command that resumes."""
         self.step += 1
-        loss = loss.detach()
-        if self._bad_step is None:  # device scalars: the first non-finite step and its loss
-            self._bad_step = torch.full((), -1, device=loss.device)
-            self._bad_loss = torch.zeros((), device=loss.device)
-        new = ~torch.isfinite(loss) & (self._bad_step < 0)
-        self._bad_step = torch.where(new, self.step, self._bad_step)
-        self._bad_loss = torch.where(new, loss.float(), self._bad_loss)
+        loss = loss.detach().float()
+        first = ~torch.isfinite(loss) & (self.bad[0] < 0 if self.bad else True)
+        self.bad = (torch.where(first, self.step, self.bad[0] if self.bad else -1),
+                    torch.where(first, loss, self.bad[1] if self.bad else 0.0))
+        self.rows.append(dict(step=self.step, seconds=round(time.time() - self.t_start, 3),
+                              loss=loss, **fields))
         self.bar.update(1)
-        now = time.time()
-        timer = now - self.last_save > self.args.checkpoint_minutes * 60
-        if not (self.interrupted or timer or self.eval_due() or now - self._shown > 5):
+        now, timer = time.time(), time.time() - self.last_save > self.args.checkpoint_minutes * 60
+        if not (self.interrupted or timer or self.eval_due() or now - self.checked > 5):
             return
-        self._shown = now
-        bad = int(self._bad_step)  # the host synchronisation, every few seconds at most
-        if bad >= 0:
-            self.step = bad  # what trained after it is not this run's result
-            return self._diverged(f"non-finite loss {float(self._bad_loss)} at step {bad}")
-        self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-        if self.interrupted:
-            if not self.save_last():
-                return  # diverged: finish() tests the best checkpoint
-            cmd = " ".join(["python", self.script] + [a for a in self.argv if a != "--restart"]
+        self.checked = now
+        if not self._settle():
+            return
+        self._expect(now)
+        if self.interrupted and self.save_last():
+            cmd = " ".join(["python", self.script, *(a for a in self.argv if a != "--restart")]
                            + ([] if "--resume" in self.argv else ["--resume"]))
             self._fail(f"{self.interrupted}: checkpoint of step {self.step} written to "
                        f"{self.last_path}; to continue: {cmd}", code=130)
         if timer and not self.eval_due():
             self.save_last()  # (an evaluation step writes its checkpoint in log())
 
-    def eval_due(self):
-        """True at every --eval-every steps, at the last step and when the time budget ends."""
-        return not self.diverged and (self.step % self.args.eval_every == 0
-                                      or self.step == self.args.steps or self.out_of_time())
-
-    def log(self, val, **fields):
-        """Records an evaluation (`val`: the metrics of evaluate(); `fields`: anything else for
-        the run history), writes the best and last checkpoints, prints one line."""
-        value = val[self.metric]
+    def log(self, metrics, **fields):
+        """Records an evaluation (`metrics`: evaluate()'s; `fields`: more for the history):
+        the history entry (means of the logged fields since the last one), the best and last
+        checkpoints, the CSV rows; prints one line."""
+        value = metrics[self.metric]
+        if not self._settle():
+            return
         if not math.isfinite(value):
             return self._diverged(f"non-finite {self.metric} {value} at step {self.step}")
-        if not self._check_finite():  # before either checkpoint is written
-            return
-        self.elapsed = time.time() - self.t_start
-        self.history.append(dict(step=self.step, seconds=round(self.elapsed, 1), **fields, **val))
-        if self.best is None or (value > self.best if self.larger_is_better else value < self.best):
+        if self.rows:
+            self.rows[-1].update(metrics)  # the CSV row of this step gets them
+        logged = {k: [r[k] for r in self.interval] for k in self.interval[-1]} \
+            if self.interval else {}
+        entry = dict(step=self.step, seconds=round(time.time() - self.t_start, 1), **{
+            k: sum(v) / len(v) for k, v in logged.items() if k not in ("step", "seconds")})
+        if logged:
+            entry["loss"] = logged["loss"][-1]
+        if "grad_norm" in logged:  # how large, and how often clipped
+            norms = logged["grad_norm"]
+            entry.update(grad_norm_max=max(norms), clipped=sum(
+                n > self.args.clip for n in norms) / len(norms) if self.args.clip else 0.0)
+        self.history.append({**entry, **fields, **metrics})
+        self.interval = []
+        if self.best is None or (value > self.best if self.larger else value < self.best):
             self.best = value
             self._save(self.best_path, dict(model=self.model.state_dict(), step=self.step,
                                             **self.meta))
-        self._write_last()
-        self.bar.write(f"step {self.step}: " + " ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in
-            {**fields, **val}.items()) + f" (best {self.metric} {self.best:.4f}, "
-            f"{self.elapsed / 60:.1f} min)")
-        if self.out_of_time():
-            self.bar.write(f"time budget of {self.args.time_budget} min reached at step "
-                           f"{self.step}")
-        if self.reached():
-            self.bar.write(f"--stop-at {self.args.stop_at} reached at step {self.step}")
+        if self.save_last():
+            self.bar.write(f"step {self.step}: " + " ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in self.history[-1].items() if k not in ("step", "seconds"))
+                + f" (best {self.metric} {self.best:.4f}, {self.elapsed / 60:.1f} min)")
 
     def save_last(self):
-        """Writes the last-state checkpoint; False (and nothing written) if a weight is not
-        finite."""
-        if not self._check_finite():
+        """Appends the pending rows to the CSV log and writes the last-state checkpoint; False
+        (nothing written) if a weight is not finite."""
+        if not self._settle():
             return False
-        self._write_last()
+        if not all(torch.isfinite(p).all() for p in self.model.state_dict().values()
+                   if p.is_floating_point()):
+            self._diverged(f"non-finite weights at step {self.step}")
+            return False
+        if self.rows:  # rows past the checkpoint's step are dropped on resume (_restore)
+            new = not os.path.exists(self.csv_path) or not os.path.getsize(self.csv_path)
+            with open(self.csv_path, "a", newline="") as f:
+                out = csv.DictWriter(f, [*self.rows[0], *(f"valid_{m}" for m in COLUMNS[
+                    self.task.kind])], extrasaction="ignore")
+                out.writeheader() if new else None
+                out.writerows(self.rows)
+        self.rows, self.elapsed = [], time.time() - self.t_start
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        self._save(self.last_path, dict(
+            model=self.model.state_dict(), rng=rng, step=self.step, best=self.best,
+            history=self.history, interval=self.interval, elapsed=self.elapsed,
+            config=vars(self.args), extra=self.extra, **self.meta,
+            **{k: v.state_dict() for k, v in self.state.items()}))
+        self.saved_step, self.last_save = self.step, time.time()
         return True
 
-    def finish(self, evaluate, paper, **fields):
-        """Tests the model of the best validation checkpoint and writes the results record.
-        evaluate(split, limit) -> metrics dict. Returns the record (also written as JSON). After
-        a divergence the record says so (`diverged`) and the run then exits with the error."""
-        self.bar.close()
+    def best_weights(self):
+        """The weights (a state dict) of the best validation checkpoint."""
         ck = self._read(self.best_path)
-        self.model.load_state_dict(ck["model"])
-        t_test = time.time()
-        test = evaluate("test", self.args.test_size)
-        test_seconds = time.time() - t_test
-        val = evaluate("valid", self.args.eval_size)
-        args = self.args
+        self.best_step = ck["step"]
+        return ck["model"]
+
+    def finish(self, test, valid, paper, **fields):
+        """Writes the results record of the best checkpoint's tests (`test`, `valid`:
+        evaluate()'s metrics) and returns it; after a divergence then exits with the error."""
+        self.bar.close()
+        peak = (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
         record = dict(
-            script=self.script, config=vars(args), task=self.task.description,
-            metric=self.metric.replace("valid", "test"), paper=paper, metrics={**test, **val},
-            best_step=ck["step"], steps_done=self.step, history=self.history,
-            wall_seconds=self.elapsed, test_seconds=test_seconds,
-            peak_memory_mb=peak_memory_mb(self.device), device=str(self.device),
+            script=self.script, config=vars(self.args), task=self.task.description,
+            metric=self.metric.replace("valid", "test"), paper=paper, metrics={**test, **valid},
+            best_step=self.best_step, steps_done=self.step, stopped=self.stop_reason(),
+            history=self.history, wall_seconds=self.elapsed, csv_log=os.path.basename(
+                self.csv_path), peak_memory_mb=peak, device=str(self.device),
             hardware=hardware(self.device), torch=torch.__version__, git_commit=git_commit(),
-            command=" ".join(["python", self.script] + self.argv), **fields,
+            command=" ".join(["python", self.script, *self.argv]), **fields,
             **({"diverged": self.diverged} if self.diverged else {}))
-        test_T = args.test_seq_len or args.seq_len
-        suffix = f"-test{test_T}" if test_T != args.seq_len else ""
-        print(f"== test at best validation step {ck['step']}: "
-              + " ".join(f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {paper}"
-              + f" | test {test_seconds:.0f} s, peak memory {record['peak_memory_mb']:.0f} MiB")
-        path = os.path.join(args.out_dir, self.name + suffix + ".json")
+        print(f"== test at best validation step {self.best_step}: " + " ".join(
+            f"{k} {v:.4f}" for k, v in test.items()) + f" | paper: {paper} | training stopped "
+            f"by: {record['stopped']} | peak memory {peak:.0f} MiB")
         try:
-            write_results(path, record)
+            write_results(self.json_path, record)
         except OSError as e:  # a full disk: the checkpoints are kept, --eval-only writes it later
-            if os.path.exists(path + ".tmp"):
-                os.remove(path + ".tmp")
-            self._fail(f"could not write {path} ({e.strerror}); the test above is this run's; "
-                       f"once there is space, the same command with --eval-only writes it")
-        print(f"== wrote {path}")
-        if self.diverged and not args.eval_only:
-            self._diverged(self.diverged, final=True)
+            if os.path.exists(self.json_path + ".tmp"):
+                os.remove(self.json_path + ".tmp")
+            self._fail(f"could not write {self.json_path} ({e.strerror}); the test above is this "
+                       f"run's; once there is space, the same command with --eval-only writes it")
+        print(f"== wrote {self.json_path}")
+        if self.diverged and not self.args.eval_only:
+            self._fail(f"{self.diverged}: the run diverged and stops; nothing of that state is "
+                       f"saved. The checkpoint on disk: {self._on_disk()}; the results file "
+                       f"records the test of the best validation checkpoint")
         self.close()
         return record
 
     def close(self):
-        """Ends the progress bar, releases the lock and the signal handlers (finish() calls
-        it)."""
-        atexit.unregister(self.close)
-        if Run.active is self:
-            Run.active = None
+        """Ends the progress bar and releases the lock (finish() calls it)."""
+        Run.active = None if Run.active is self else Run.active
         if self.bar is not None:
             self.bar.close()
-        for sig, handler in self._handlers.items():
-            signal.signal(sig, handler)
-        self._handlers = {}
-        if self.lock_path and os.path.exists(self.lock_path):
-            os.remove(self.lock_path)
-        self.lock_path = None
+        if not self.lock.closed:
+            if os.path.exists(self.lock.name):  # removed while held: no one else has it open
+                os.remove(self.lock.name)
+            self.lock.close()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     # -- internals --------------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
-        if self.interrupted or not self.training():  # a second signal, or outside the loop
-            self.close()
-            raise SystemExit(f"{signal.Signals(signum).name}: stopped; the checkpoint on disk is "
-                             f"{self._on_disk()}")
-        self.interrupted = signal.Signals(signum).name  # handled after the current step
+        name = signal.Signals(signum).name
+        if self.interrupted or self.bar is None or not self.training():  # a second signal, or
+            self.close()                                                  # outside the loop
+            raise SystemExit(f"{name}: stopped; the checkpoint on disk is {self._on_disk()}")
+        self.interrupted = name  # handled after the current step, in step_done
 
     def _on_disk(self):
-        step = self.saved_step
-        return "none yet" if step is None else f"{self.last_path} (step {step})"
+        return "none yet" if self.saved_step is None else \
+            f"{self.last_path} (step {self.saved_step})"
 
-    def _diverged(self, why, final=False):
-        """A non-finite loss, metric or weight: training stops and nothing of this state is
-        saved. Without a best checkpoint the run ends here (SystemExit). With one, training()
-        turns False and finish() tests that checkpoint, writes the results record with
-        `diverged` (a baseline that diverges has a result: its best model and where it broke)
-        and calls this again (final) to exit with the error."""
-        if self.diverged is None and not final and not self.interrupted:
+    def _settle(self):
+        """Brings the pending rows' values to the host (one synchronisation) and, at the first
+        non-finite loss, ends training there (_diverged). False once diverged."""
+        rows = [r for r in self.rows if torch.is_tensor(r["loss"])]
+        if rows:
+            keys = [k for k, v in rows[0].items() if torch.is_tensor(v)]
+            values = torch.stack([torch.stack([r[k].float() for k in keys]) for r in rows])
+            for r, v in zip(rows, values.tolist()):
+                r.update(zip(keys, v))
+            self.interval += [dict(r) for r in rows]
+        if not self.diverged and self.bad is not None and int(self.bad[0]) >= 0:
+            self.step = int(self.bad[0])  # the steps after it are not this run's result
+            self.rows = [r for r in self.rows if r["step"] < self.step]
+            self._diverged(f"non-finite loss {float(self.bad[1])} at step {self.step}")
+        return not self.diverged
+
+    def _expect(self, now):
+        """One line, once, about 20 s into training (timed from the first check, after the
+        warm-up): the speed here and how long the steps left take at it."""
+        if self.expect is None:
+            self.expect = (now, self.step)
+        elif self.expect and now - self.expect[0] >= 20:
+            rate = (self.step - self.expect[1]) / (now - self.expect[0])
+            self.expect = False
+            self.bar.write(f"== {rate:.2f} steps/s here: the {self.args.steps - self.step} steps "
+                           f"left take about {(self.args.steps - self.step) / rate / 60:.0f} min"
+                           + (f" (--stop-at {self.args.stop_at} may end the run earlier)"
+                              if self.args.stop_at is not None else ""))
+
+    def _diverged(self, why):
+        """A non-finite loss, metric or weight: nothing of this state is saved. With a best
+        checkpoint, training stops and finish() tests it (a baseline that diverges has a result)
+        and then exits with the error; without one, the run ends here."""
+        if self.diverged is None and self.best is not None and os.path.exists(self.best_path):
             self.diverged = why
-            self.elapsed = time.time() - self.t_start
-            if self.best is not None and os.path.exists(self.best_path):
-                if os.path.exists(self.last_path):  # so that --resume / --eval-only know it
-                    self._save(self.last_path, {**self._read(self.last_path), "diverged": why})
-                self.bar.write(f"{why}: the run diverged; testing its best validation checkpoint")
-                return
+            if os.path.exists(self.last_path):  # so that --resume and --eval-only know it
+                self._save(self.last_path, {**self._read(self.last_path), "diverged": why})
+            return self.bar.write(f"{why}: the run diverged; testing its best checkpoint")
         self._fail(f"{why}: the run diverged and stops; nothing of this state is saved. The "
-                   f"checkpoint on disk: {self._on_disk()}"
-                   + ("; the results file records the test of the best validation checkpoint"
-                      if final else ""))
+                   f"checkpoint on disk: {self._on_disk()}")
 
     def _fail(self, message, code=1):
         self.close()  # the progress bar ends before the message
@@ -1133,29 +1007,12 @@ class Run:
             raise SystemExit(code)
         raise SystemExit(f"error: {message}")
 
-    def _check_finite(self):
-        """True if every weight is finite; else _diverged (which returns only if there is a
-        best checkpoint to test) and False."""
-        if all(torch.isfinite(p).all() for p in self.model.state_dict().values()
-               if p.is_floating_point()):
-            return True
-        self._diverged(f"non-finite weights at step {self.step}")
-        return False
-
-    def _write_last(self):
-        self.elapsed = time.time() - self.t_start
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        self._save(self.last_path, dict(
-            model=self.model.state_dict(), rng=rng, step=self.step, best=self.best,
-            history=self.history, elapsed=self.elapsed, config=vars(self.args), extra=self.extra,
-            **{k: v.state_dict() for k, v in self.state.items()}, **self.meta))
-        self.saved_step, self.last_save = self.step, time.time()
-
     def _save(self, path, state):
+        """save_checkpoint; a failed write (a full disk) keeps the old file and ends the run
+        with the error."""
         try:
             save_checkpoint(path, state)
-        except OSError as e:  # a full disk: keep the previous file, remove the partial one
+        except OSError as e:
             if os.path.exists(path + ".tmp"):
                 os.remove(path + ".tmp")
             self._fail(f"could not write {path} ({e.strerror}); the checkpoint on disk: "
@@ -1164,9 +1021,7 @@ class Run:
     def _read(self, path):
         try:
             ck = torch.load(path, map_location=self.device, weights_only=False)
-        except FileNotFoundError:
-            self._fail(f"checkpoint {path} is missing (--restart starts the run over)")
-        except Exception as e:  # truncated, empty or not a torch file
+        except Exception as e:  # missing, truncated, empty or not a torch file
             self._fail(f"cannot read checkpoint {path} ({type(e).__name__}); delete it or use "
                        f"--restart")
         if not isinstance(ck, dict) or "model" not in ck or "step" not in ck:
@@ -1174,16 +1029,14 @@ class Run:
         return ck
 
     def _restore(self, ck):
-        if "config" not in ck or "history" not in ck:
-            self._fail(f"{self.last_path} is not a checkpoint of {self.script}; delete it or use "
-                       f"--restart")
-        now, then = vars(self.args), {**self.added, **ck["config"]}
-        changed = sorted(k for k in set(now) | set(then)
-                         if k not in RESUMABLE_FLAGS and now.get(k) != then.get(k))
+        """The state of a last checkpoint, refusing flags that differ from its own (those that
+        shape the computation; a flag it does not know passes) and a model it does not fit."""
+        now, then = vars(self.args), ck.get("config", {})
+        changed = [k for k in sorted(now) if k in then and k not in RESUMABLE | {"tag"}
+                   and now[k] != then[k]]
         if changed:
             self._fail("--resume with flags that differ from the checkpoint's: " + ", ".join(
-                f"--{k.replace('_', '-')} {now.get(k)} (checkpoint: {then.get(k)})"
-                for k in changed))
+                f"--{k.replace('_', '-')} {now[k]} (checkpoint: {then[k]})" for k in changed))
         try:
             self.model.load_state_dict(ck["model"])
             for k, v in self.state.items():
@@ -1195,310 +1048,50 @@ class Run:
         torch.set_rng_state(ck["rng"]["torch"].cpu())  # map_location moved it to the device
         if ck["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
-        self.step, self.best, self.history = ck["step"], ck["best"], ck["history"]
-        self.elapsed, self.extra = ck["elapsed"], ck.get("extra", {})
-        self.diverged = ck.get("diverged")  # then --resume only tests the best checkpoint
-        self.saved_step = self.step
-
-    def _lock(self, folder):
-        """Takes ckpt/<name>.lock (the owner's pid); a lock whose process is gone is stale."""
-        path = os.path.join(folder, self.name + ".lock")
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    with open(path) as f:
-                        pid = int(f.read().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise SystemExit(f"error: run {self.name} is already running (pid {pid}, "
-                                     f"lock {path}); wait for it or use another --tag")
-                os.remove(path)  # stale: its process is gone
-                continue
-            except OSError as e:
-                raise SystemExit(f"error: --out-dir {self.args.out_dir} is not writable "
-                                 f"({e.strerror})")
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.lock_path, Run.active = path, self
-            atexit.register(self.close)
-            return
+        self.step, self.best, self.history, self.elapsed, self.interval, self.extra = (
+            ck[k] for k in ("step", "best", "history", "elapsed", "interval", "extra"))
+        self.diverged, self.saved_step = ck.get("diverged"), self.step
+        if os.path.exists(self.csv_path):  # the rows of steps after the checkpoint's go
+            with open(self.csv_path, newline="") as f:
+                rows = list(csv.reader(f))[:self.step + 1]
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerows(rows)
 
 
-def _alive(pid):
+def save_checkpoint(path, state):
+    """torch.save, atomically: a killed process leaves the old file or the new one."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def write_results(path, record):
+    """Writes one run's JSON record atomically; returns the path."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def run_main(main):
+    """A script's entry point: main(), where an allocation failure (a batch, an evaluation) or
+    a DataError is a one-line error saying what to change; the checkpoints on disk are kept."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# ----------------------------------------------------------------------------------------------
-# Results tables. Each script defines its paper's table rows once, in its TABLES (label, the run's
-# flags, the paper's number); run_all.sh runs them (`python tasks.py runs`) and `python tasks.py
-# table results/` fills them. run_all.sh tags every run `<row tag>[-quick|-est|-cpu]-s<seed>`; a
-# results record fills the row with the same script, task, model and row tag (transfer rows also
-# the ratio test T / training T), seeds are averaged, and each scale gets its own line.
-
-SCRIPTS = ("sab.py", "indrnn.py", "rlstm.py")
-_TAG_SUFFIX = re.compile(r"(-quick|-est|-cpu)?(-s\d+)?$")
-
-
-def mean_std_range(values):
-    """(mean, sample std (0 for one value), min, max) of a list of numbers."""
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var), min(values), max(values)
-
-
-def format_table(records):
-    """Markdown, one line per finished run: the paper's number next to ours, command, hardware,
-    time."""
-    rows = ["| script | task | model | T | test T | metric | paper | ours | command | hardware | "
-            "wall time | steps |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    T = lambda c: c.get("seq_len") or 0
-    for r in sorted(records, key=lambda r: (r["script"], r["config"]["task"], r["config"]["model"],
-                                            T(r["config"]), r["config"].get("test_seq_len") or
-                                            T(r["config"]))):
-        c, metric = r["config"], r["metric"]
-        ours = r["metrics"].get(metric)
-        ours = "n/a" if ours is None else f"{ours:.{_digits(metric)}f}"
-        ours += " (diverged)" if r.get("diverged") else ""
-        rows.append(
-            f"| {r['script']} | {c['task']} | {c['model']} | {c.get('seq_len')} | "
-            f"{c.get('test_seq_len') or c.get('seq_len')} | {metric} | {r['paper']} | {ours} | "
-            f"`{r['command']}` | {r['hardware']} | {r['wall_seconds'] / 60:.1f} min | "
-            f"{r.get('steps_done', '')} |")
-    return "\n".join(rows)
-
-
-def _digits(metric):
-    """Decimals a table gives a metric: 2 for accuracy (%), 4 for MSE, BPC and losses."""
-    return 2 if metric.endswith("acc") else 4
-
-
-def seeds_table(records):
-    """Markdown: one line per run of one configuration (seed, threads, test metric, steps,
-    training time, hardware), then the mean ± std and the range over all runs."""
-    rows = ["| seed | threads | test metric | value | best step | steps | training time | "
-            "hardware |", "|---|---|---|---|---|---|---|---|"]
-    d = _digits(records[0]["metric"])
-    for r in sorted(records, key=lambda r: (r["config"].get("threads") or 0, r["config"]["seed"])):
-        rows.append(f"| {r['config']['seed']} | {r['config'].get('threads') or 'default'} | "
-                    f"{r['metric']} | {r['metrics'][r['metric']]:.{d}f}"
-                    f"{' (diverged)' if r.get('diverged') else ''} | {r.get('best_step', '')} | "
-                    f"{r['steps_done']} | {r['wall_seconds'] / 60:.1f} min | {r['hardware']} |")
-    mean, std, lo, hi = mean_std_range([r["metrics"][r["metric"]] for r in records])
-    rows.append(f"\n{len(records)} runs: **{mean:.{d}f} ± {std:.{d}f}** (mean ± std), range "
-                f"{lo:.{d}f} – {hi:.{d}f}.")
-    return "\n".join(rows)
-
-
-def row(label, task, model, tag, args="", quick="", seeds=1, ckpt=False, paper="UNCONFIRMED",
-        metric="test_acc", test_ratio=None, cpu=None):
-    """One row of a paper's table. args: the run's flags at the paper's settings (beyond the
-    script's defaults); quick: the flags that replace them under --quick; seeds: how many seeds
-    run_all.sh runs; ckpt: add --grad-checkpoint on a GPU (full BPTT on long sequences);
-    paper: the paper's number; test_ratio: test T / training T of a transfer row; cpu: None if
-    the row is not in `run_all.sh --cpu` (paper settings on CPU under a time budget), else the
-    flags that tier adds to args (e.g. a stopping rule)."""
-    return dict(label=label, task=task, model=model, tag=tag, args=args, quick=quick,
-                seeds=seeds, ckpt=ckpt, paper=paper, metric=metric, test_ratio=test_ratio, cpu=cpu)
-
-
-def paper_table_defs():
-    """{table name: (title, rows)} from the three scripts' TABLES, in run_all.sh's order; each
-    row also gets its `script`."""
-    import importlib  # the scripts import this module: import them only when asked
-    return {name: (title, [dict(r, script=script) for r in rows]) for script in SCRIPTS
-            for name, (title, rows) in importlib.import_module(script[:-3]).TABLES.items()}
-
-
-def print_runs():
-    """run_all.sh's list: one line per row,
-    `table|script|task|model|tag|seeds|ckpt|args|quick|cpu` (cpu `-`: not in the CPU tier)."""
-    for name, (_, rows) in paper_table_defs().items():
-        for r in rows:
-            print("|".join([name, r["script"], r["task"], r["model"], r["tag"], str(r["seeds"]),
-                            "ckpt" if r["ckpt"] else "", r["args"], r["quick"],
-                            "-" if r["cpu"] is None else r["cpu"]]))
-
-
-def row_tag(tag):
-    """The row part of a run tag: `T100-quick-s2` -> `T100`, `T100-est-s0` -> `T100`."""
-    return _TAG_SUFFIX.sub("", tag or "")
-
-
-def _mode(record):
-    """The run_all.sh mode in a run's tag: "-quick", "-est", "-cpu" or None."""
-    return _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1)
-
-
-def is_estimate(record):
-    """True for a timing run of `run_all.sh --estimate` (tag `<row>-est-s<seed>`): its metrics
-    come from minutes of training and never enter the results tables."""
-    return _mode(record) == "-est"
-
-
-def _scale(record):
-    """"quick" (--quick), "cpu" (run_all.sh --cpu: paper settings on CPU under a time budget)
-    or "paper"."""
-    return "quick" if record["config"].get("quick") else "cpu" if _mode(record) == "-cpu" \
-        else "paper"
-
-
-def _matches(record, row):
-    c = record["config"]
-    ratio = c["test_seq_len"] / c["seq_len"] if c.get("test_seq_len") else None
-    return (record.get("script") == row["script"] and c.get("task") == row["task"]
-            and c.get("model") == row["model"] and row_tag(c.get("tag")) == row["tag"]
-            and ratio == row["test_ratio"])
-
-
-def failed_runs(folder):
-    """{run name: its error} for every log in `<folder>/logs` without a results file beside it:
-    the log's last `error: ...` line, up to its first " (" (the details stay in the log)."""
-    logs, failures = os.path.join(folder, "logs"), {}
-    for f in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
-        name = f[:-len(".log")]
-        if not f.endswith(".log") or os.path.exists(os.path.join(folder, name + ".json")):
-            continue
-        lines = open(os.path.join(logs, f), errors="replace").read().replace("\r", "\n").split("\n")
-        errors = [l for l in lines if l.startswith("error:")] or [l for l in lines if l.strip()]
-        failures[name] = errors[-1].split(" (")[0] if errors else "empty log"
-    return failures
-
-
-def _failure(row, failures):
-    """The error of a failed run of `row` (not a transfer row) among `failures`, or None."""
-    if row["test_ratio"]:
-        return None
-    name = "-".join((row["script"][:-3], row["task"], row["model"], row["tag"]))
-    return next((m for n, m in failures.items()
-                 if row_tag(n) == name and _TAG_SUFFIX.search(n).group(1) != "-est"), None)
-
-
-def _cell(row, group):
-    """One line of a paper table: the runs of `row` at one scale."""
-    values = [r["metrics"][row["metric"]] for r in group]
-    d = _digits(row["metric"])
-    mean, std, lo, hi = mean_std_range(values)
-    ours = f"{mean:.{d}f}" + (f" ± {std:.{d}f} (range {lo:.{d}f} – {hi:.{d}f})"
-                              if len(values) > 1 else "")
-    ours += "".join(f" (diverged: {r['diverged']}; best checkpoint tested)" for r in group
-                    if r.get("diverged"))
-    kind = _scale(group[0])
-    lengths = "/".join(sorted({str(r["config"].get("seq_len")) for r in group}))
-    budgets = "/".join(sorted({f"{r['config']['time_budget']:g}" for r in group
-                               if r["config"].get("time_budget")}))
-    scale = {"quick": f"CPU-scale (--quick, T={lengths})", "paper": "paper settings",
-             "cpu": "paper settings on CPU" + (f", {budgets} min of 1 thread" if budgets else "")
-             }[kind]
-    test_sizes = sorted({r["config"].get("test_size") or 0 for r in group})
-    if test_sizes != [0]:  # --test-size: not the whole test set
-        scale += f", test on first {'/'.join(str(n or 'all') for n in test_sizes)}"
-    wall = sum(r["wall_seconds"] for r in group) / len(group) / 60
-    return (f"| {row['label']} | {row['paper']} | {ours} | {len(group)} | {scale} | "
-            f"{', '.join(sorted({r['hardware'] for r in group}))} | {wall:.1f} min |")
-
-
-def paper_tables(records, failures=None):
-    """Markdown: one table per paper table, one line per row and scale (paper settings, paper
-    settings on CPU, or --quick), the paper's number beside ours (mean ± std over seeds), seeds,
-    device and mean wall time; a row without a result says so, with the error of its failed run
-    if `failures` ({run name: error}, see failed_runs) has one."""
-    records = [r for r in records if not is_estimate(r)]
-    out = []
-    for name, (title, rows) in paper_table_defs().items():
-        out += [f"## {title}", "", f"`bash run_all.sh --only {name}`", "",
-                "| row | paper | ours | seeds | scale | device | wall time / run |",
-                "|---|---|---|---|---|---|---|"]
-        for row in rows:
-            runs = [r for r in records if _matches(r, row)]
-            if not runs:
-                error = _failure(row, failures or {})
-                status = f"no result yet: the run failed ({error})" if error else "no result yet"
-                out.append(f"| {row['label']} | {row['paper']} | {status} | 0 | | | |")
-            for kind in sorted({_scale(r) for r in runs}):
-                out.append(_cell(row, [r for r in runs if _scale(r) == kind]))
-        out.append("")
-    return "\n".join(out)
-
-
-def time_estimates(records, previous=()):
-    """Markdown: the hours each paper table takes at the papers' settings (one seed) on the device
-    of the `run_all.sh --estimate` runs among `records`, or "" if there are none. A timing run's
-    hours = wall_seconds / steps_done x its configured steps (evaluation not counted).
-    `previous`: the records of the estimate before (run_all.sh keeps them in
-    estimate-previous/); each table and the total then get the ratio of now to then."""
-    est = [r for r in records if is_estimate(r)]
-    if not est:
-        return ""
-    out = ["", "## Estimated hours per table at the papers' settings", "",
-           "`bash run_all.sh --estimate`: every run trains for a short time budget with the "
-           "papers' settings; its hours = (wall seconds / steps done) x the paper's number of "
-           "steps, summed over the table's rows (one seed; evaluation not counted).", "",
-           "| table | rows timed | estimated hours | longest row | device | "
-           "ratio to the previous estimate |", "|---|---|---|---|---|---|"]
-    totals = [0.0, 0.0]  # now and then, over the tables timed both times
-    for name, (title, rows) in paper_table_defs().items():
-        hours, before = ({row["label"]: (r["wall_seconds"] / max(r["steps_done"], 1)
-                                         * r["config"]["steps"] / 3600, r["hardware"])
-                          for row in rows for r in recs if is_estimate(r) and _matches(r, row)}
-                         for recs in (est, previous))
-        if all(row["test_ratio"] for row in rows):
-            out.append(f"| {name} | evaluation only | | | | |")
-        elif not hours:
-            out.append(f"| {name} | 0 of {len(rows)} | not timed | | | |")
-        else:
-            longest = max(hours, key=lambda k: hours[k][0])
-            now = sum(h for h, _ in hours.values())
-            then = sum(h for h, _ in before.values())
-            ratio = f"{now / then:.2f}x (then {then:,.1f} h)" if then else "not timed before"
-            if then:
-                totals = [totals[0] + now, totals[1] + then]
-            out.append(f"| {name} | {len(hours)} of {len(rows)} | {now:,.1f} | {longest} "
-                       f"({hours[longest][0]:,.1f} h) | "
-                       f"{', '.join(sorted({d for _, d in hours.values()}))} | {ratio} |")
-    if totals[1]:
-        out.append(f"| all tables timed both times | | {totals[0]:,.1f} | | | "
-                   f"{totals[0] / totals[1]:.2f}x (then {totals[1]:,.1f} h) |")
-    return "\n".join(out) + "\n"
-
-
-def _main():
-    p = argparse.ArgumentParser(description="Print the results table of finished runs, or with a "
-                                "folder write <folder>/TABLES.md, the papers' tables.")
-    p.add_argument("what", choices=["table", "seeds", "runs"],
-                   help="table: one line per run; seeds: runs of one configuration over seeds "
-                        "and thread counts, with mean, std and range; runs: every table row's "
-                        "run, for run_all.sh")
-    p.add_argument("files", nargs="*", help="results/*.json, or the folder results/")
-    args = p.parse_args()
-    if args.what == "runs":
-        return print_runs()
-    if not args.files:
-        p.error(f"{args.what} needs results files or a folder")
-    if len(args.files) == 1 and os.path.isdir(args.files[0]):
-        folder = args.files[0]
-        records = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
-                   if f.endswith(".json")]
-        before = os.path.join(folder, "estimate-previous")
-        previous = [json.load(open(os.path.join(before, f))) for f in sorted(os.listdir(before))
-                    if f.endswith(".json")] if os.path.isdir(before) else []
-        with open(os.path.join(folder, "TABLES.md"), "w") as f:
-            f.write(f"# Headline tables ({len(records)} runs)\n\n"
-                    + paper_tables(records, failed_runs(folder))
-                    + time_estimates(records, previous))
-        print(f"wrote {os.path.join(folder, 'TABLES.md')}")
-        return
-    records = [json.load(open(f)) for f in sorted(args.files)]
-    print(seeds_table(records) if args.what == "seeds" else format_table(records))
-
-
-if __name__ == "__main__":
-    _main()
+        return main()
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    except (RuntimeError, MemoryError) as e:
+        text = str(e)
+        if not (isinstance(e, MemoryError) or "allocat" in text or "out of memory" in text
+                or "size calculation overflow" in text):  # CUDA: a size past 2^63 bytes
+            raise
+        detail, run = f"({type(e).__name__}: {text.splitlines()[0][:120]})", Run.active
+        if run is not None and getattr(run, "model", None) is None:  # while building it
+            a = run.args
+            raise SystemExit(f"error: the model does not fit in memory with --hidden-size "
+                             f"{a.hidden_size} --layers {a.layers} --batch-size {a.batch_size} "
+                             f"{detail}") from None
+        raise SystemExit(f"error: out of memory {detail}: lower --batch-size, --eval-size or "
+                         f"--hidden-size (the checkpoints on disk are kept)") from None
+    finally:  # end the progress bar before the error line is printed
+        if Run.active is not None:
+            Run.active.close()

@@ -12,15 +12,16 @@ from test_rlstm import TinyTask
 
 COMMON = ["--steps", "4", "--eval-every", "2", "--eval-size", "8", "--batch-size", "4",
           "--hidden-size", "8"]
-CASES = {  # script: (task flags, models)
-    "sab.py": (["--task", "adding", "--seq-len", "3", "--k-top", "1", "--k-trunc", "2"],
-               ["sab", "tbptt", "lstm", "attn"]),
+CASES = {  # script: (task flags, {model: its own flags})
+    "sab.py": (["--task", "adding", "--seq-len", "3"],
+               {"sab": ["--k-top", "1", "--k-trunc", "2"], "tbptt": ["--k-trunc", "2"],
+                "lstm": [], "attn": ["--k-top", "1"]}),
     "indrnn.py": (["--task", "adding", "--seq-len", "3", "--bn", "time"],
-                  ["indrnn", "res-indrnn", "lstm", "irnn"]),
+                  {"indrnn": [], "res-indrnn": [], "lstm": [], "irnn": []}),
     "rlstm.py": (["--task", "mnist", "--seq-len", "784", "--embed-size", "4", "--ffn-size", "8",
-                  "--aux-hidden", "8", "--aux-len", "2", "--bptt", "2", "--aux-bptt", "2",
-                  "--pretrain-epochs", "0", "--ss-max", "0.5"],
-                 ["rlstm", "plstm", "lstm"]),
+                  "--aux-hidden", "8", "--aux-len", "2", "--bptt", "2", "--aux-bptt", "2"],
+                 {"rlstm": ["--pretrain-epochs", "0", "--ss-max", "0.5"],
+                  "plstm": ["--pretrain-epochs", "0"], "lstm": []}),
 }
 
 
@@ -34,7 +35,8 @@ def compiled_equals_eager(script, model, folder, *extra):
     """Trains `model` of `script` on a small task twice, eager and --compile (torch.compile's
     fullgraph: a graph break fails), and checks that they give the same losses and weights."""
     main = importlib.import_module(script[:-3]).main
-    args = CASES[script][0] + COMMON + ["--model", model, "--tag", "t", *extra]
+    args = CASES[script][0] + CASES[script][1][model] + COMMON + ["--model", model, "--tag", "t",
+                                                                  *extra]
     runs = {}
     for mode in ("eager", "compiled"):
         torch._dynamo.reset()

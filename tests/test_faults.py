@@ -105,11 +105,11 @@ def test_weights_that_turn_non_finite_on_an_evaluation_step_are_never_saved(scri
                                                                             monkeypatch):
     real = tasks.Run.step_done
 
-    def poisoned(self, loss):  # the update of step 10, an evaluation step, breaks the weights
-        if self.step == 9:
+    def poisoned(self, loss, **fields):  # the update of step 10, an evaluation step, breaks
+        if self.step == 9:                 # the weights
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("nan"))
-        return real(self, loss)
+        return real(self, loss, **fields)
     monkeypatch.setattr(tasks.Run, "step_done", poisoned)
     with pytest.raises(SystemExit, match=r"diverged.*checkpoint on disk: .*\.pt \(step 5\)"):
         MAIN[script](_argv(script, tmp_path, "--steps", "20"))
@@ -141,17 +141,21 @@ def test_an_existing_run_is_refused_without_resume_and_restart_starts_over(scrip
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_second_run_of_the_same_name_is_refused_and_a_stale_lock_is_taken(script, tmp_path):
     (tmp_path / "ckpt").mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     argv = _argv(script, tmp_path, "--steps", "5", "--tag", "locked")
     lock = tmp_path / "ckpt" / f"{script[:-3]}-{TINY[script][1]}-{script[:-3]}-locked.lock"
+    holder = subprocess.Popen(  # a live process holds the run name
+        [sys.executable, "-c", f"import fcntl, time; f = open({str(lock)!r}, 'a'); "
+                               f"fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True); "
+                               f"time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
-        lock.write_text(str(sleeper.pid))  # a live process holds the run name
+        holder.stdout.readline()
         with pytest.raises(SystemExit, match="already running"):
             MAIN[script](argv)
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    rec = MAIN[script](argv)  # the lock's process is gone: stale, taken over
+        holder.kill()
+        holder.wait()
+    assert lock.exists()  # left behind by the killed holder: stale, taken over
+    rec = MAIN[script](argv)
     assert rec["steps_done"] == 5 and not lock.exists(), "released at the end"
 
 
@@ -397,5 +401,70 @@ def test_a_batch_too_large_to_allocate_is_a_one_line_error(script, tmp_path, rea
                        text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     expected = ("--batch-size 2147483647 is larger than the training set" if script == "rlstm.py"
-                else "error: out of memory")
+                else "error: the model does not fit in memory")  # (checked before allocating)
     assert expected in r.stderr and "--batch-size" in r.stderr.splitlines()[-1], r.stderr
+
+
+# The faults a fault-injection campaign found, one test each.
+
+@pytest.mark.parametrize("mode", ["train", "eval-only"])
+def test_a_full_disk_when_the_lock_is_created_is_a_one_line_error(mode, tmp_path, monkeypatch):
+    sab.main(_argv("sab.py", tmp_path, "--steps", "5"))
+    real = open
+
+    def full_disk(path, *a, **k):
+        if str(path).endswith(".lock"):
+            raise OSError(28, "No space left on device")
+        return real(path, *a, **k)
+    monkeypatch.setattr(tasks, "open", full_disk, raising=False)
+    extra = ["--steps", "10", "--resume"] if mode == "train" else ["--eval-only"]
+    with pytest.raises(SystemExit, match=r"^error: --out-dir .* is not writable \(No space left"):
+        sab.main(_argv("sab.py", tmp_path, *extra))
+
+
+def test_a_model_too_large_is_refused_before_anything_is_allocated(tmp_path):
+    """2^31 - 1 hidden units: IndRNN's input weights alone are 17 GB (once allocated and filled
+    with no message, where an allocator grants them), its recurrent ones 2^62 bytes. The one-line
+    error comes before any of it: the process never holds more than torch itself."""
+    import resource
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "indrnn.py"), "--task", "adding",
+                        "--hidden-size", str(2**31 - 1), "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "error: the model does not fit in memory with --hidden-size 2147483647" in r.stderr
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 3 * 2**20  # KiB: < 3 GiB
+
+
+def test_a_finished_result_is_never_overwritten_without_restart(tmp_path):
+    first = sab.main(_argv("sab.py", tmp_path, "--steps", "5"))
+    for f in (tmp_path / "ckpt").iterdir():  # its checkpoints removed, the results file kept
+        f.unlink()
+    (tmp_path / "ckpt").rmdir()
+    path = tmp_path / f"sab-copy-sab-{first['config']['tag']}.json"
+    before = path.read_text()
+    with pytest.raises(SystemExit, match=r"exists \(.*\.json\): add --resume .* or --restart"):
+        sab.main(_argv("sab.py", tmp_path, "--steps", "10"))
+    assert path.read_text() == before
+    assert sab.main(_argv("sab.py", tmp_path, "--steps", "10", "--restart"))["steps_done"] == 10
+
+
+def test_a_resumed_run_has_the_history_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The history's means over the steps since the last evaluation (SAB's gradient norms) come
+    from the checkpoint too: a run stopped between evaluations records the same history."""
+    argv = ["--steps", "20", "--eval-every", "10", "--checkpoint-minutes", "0.000001"]
+    full = sab.main(_argv("sab.py", tmp_path / "full", *argv))
+    real = tasks.SyntheticTask.train_batch
+
+    def dies_at_step_14(self, step):  # after the timer's checkpoint of step 13
+        if step == 13:
+            raise KeyboardInterrupt
+        return real(self, step)
+    monkeypatch.setattr(tasks.SyntheticTask, "train_batch", dies_at_step_14)
+    with pytest.raises(KeyboardInterrupt):
+        sab.main(_argv("sab.py", tmp_path / "cut", *argv))
+    monkeypatch.setattr(tasks.SyntheticTask, "train_batch", real)
+    assert _ck(_name("sab.py", tmp_path / "cut"))["step"] == 13
+    resumed = sab.main(_argv("sab.py", tmp_path / "cut", *argv, "--resume"))
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    assert strip(resumed["history"]) == strip(full["history"])
+    assert resumed["history"][1]["grad_norm"] == full["history"][1]["grad_norm"]

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 from conftest import ROOT
 
@@ -71,7 +72,7 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: H100'\necho 'GPU 1: H100'\n")
     (bin_dir / "python").write_text(  # records the runs; lists the rows with the real python
-        f'#!/bin/sh\n[ "$*" = "tasks.py runs" ] && exec {sys.executable} "$@"\n'
+        f'#!/bin/sh\n[ "$*" = "tools/tables.py runs" ] && exec {sys.executable} "$@"\n'
         f'echo "$CUDA_VISIBLE_DEVICES $*" >> {tmp_path}/calls\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -163,7 +164,7 @@ def test_a_second_estimate_times_every_run_again_and_keeps_the_first_to_compare(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(  # records the runs; lists the rows with the real python
-        f'#!/bin/sh\n[ "$1" = "tasks.py" ] && exec {sys.executable} "$@"\n'
+        f'#!/bin/sh\n[ "$1" = "tools/tables.py" ] && exec {sys.executable} "$@"\n'
         f'echo "$*" >> {tmp_path}/calls\n')
     (bin_dir / "python").chmod(0o755)
     env = {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}"}
@@ -182,3 +183,34 @@ def test_a_second_estimate_times_every_run_again_and_keeps_the_first_to_compare(
     assert (out / "indrnn-ptb-indrnn-T50-s0.json").exists()
     assert not list((out / "ckpt").glob("*est*"))
     assert "estimate-previous" not in r.stderr
+
+
+def test_a_sweep_lists_as_failed_only_its_own_runs_that_failed(tmp_path):
+    """An interrupted sweep's runs end (exit 130: checkpoint written) while the next sweep runs;
+    that sweep, whose runs all finish, lists no failure. A run that fails is listed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(  # the runs: exit with $EXIT after $SLEEP s, results on 0
+        f'#!/bin/sh\n[ "$1" = "tools/tables.py" ] && exec {sys.executable} "$@"\n'
+        'sleep "$SLEEP"\n'
+        'if [ "$EXIT" = 0 ]; then for a in "$@"; do case $prev in --tag) tag=$a;; '
+        '--model) model=$a;; esac; prev=$a; done\n'
+        'echo "{\\"script\\": \\"indrnn.py\\", \\"config\\": {\\"task\\": \\"ptb\\", '
+        '\\"model\\": \\"$model\\", \\"tag\\": \\"$tag\\", \\"quick\\": true}, '
+        '\\"metrics\\": {\\"test_bpc\\": 1.0}, \\"wall_seconds\\": 1, \\"hardware\\": '
+        '\\"x\\"}" > "$OUT_DIR/indrnn-ptb-$model-$tag.json"; fi\n'
+        'exit "$EXIT"\n')
+    (bin_dir / "python").chmod(0o755)
+    out = tmp_path / "out"
+    env = {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}", "OUT_DIR": str(out)}
+    cmd = ["bash", os.path.join(ROOT, "run_all.sh"), "--quick", "--only", "indrnn-ptb"]
+    first = subprocess.Popen(cmd, env={**env, "SLEEP": "2", "EXIT": "130"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # its runs are under way when the second sweep starts
+    second = subprocess.run(cmd, env={**env, "SLEEP": "4", "EXIT": "0"}, capture_output=True,
+                            text=True)
+    first.communicate(timeout=60)
+    assert second.returncode == 0 and "FAILED" not in second.stdout, second.stdout
+    failing = subprocess.run(cmd + ["--seeds", "2"], env={**env, "SLEEP": "0", "EXIT": "1"},
+                             capture_output=True, text=True)
+    assert failing.stdout.count("FAILED (exit 1") == 2  # seed 1 of both rows; seed 0 is done

@@ -1,14 +1,19 @@
 """sab.py: the sparsifier, gradient flow, equivalences, checkpoints, learning and the CLI."""
 import json
 import math
+import os
 import re
+import sys
 
 import pytest
 import torch
 
 import sab
 import tasks
-from conftest import saved_weights
+from conftest import ROOT, saved_weights
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import tables  # noqa: E402
 
 
 def test_sparsify_keeps_exactly_k_top_weights_that_sum_to_one():
@@ -197,14 +202,14 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_checkpoint_older_than_min_age_resumes_as_min_age_1(tmp_path):
+def test_a_checkpoint_written_before_a_flag_existed_resumes(tmp_path):
     _run(tmp_path, "--steps", "5")
     path = tmp_path / "ckpt" / "sab-copy-sab-T4.pt"
     ck = torch.load(path, weights_only=False)
-    del ck["config"]["min_age"]  # as written before --min-age existed
+    del ck["config"]["min_age"]  # as written before --min-age existed: a flag it does not know
     torch.save(ck, path)
-    with pytest.raises(SystemExit, match=r"--min-age 2 \(checkpoint: 1\)"):
-        _run(tmp_path, "--steps", "10", "--resume", "--min-age", "2")
+    with pytest.raises(SystemExit, match=r"--k-top 3 \(checkpoint: 2\)"):  # one it knows
+        _run(tmp_path, "--steps", "10", "--resume", "--k-top", "3")
     assert _run(tmp_path, "--steps", "10", "--resume")["steps_done"] == 10
 
 
@@ -241,9 +246,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert all(math.isfinite(v) for v in record["metrics"].values())
     row = dict(label="SAB", paper="100", metric="test_acc")
     assert "(diverged: non-finite loss nan at step 6; best checkpoint tested)" in \
-        tasks._cell(row, [record])
-    assert "(diverged)" in tasks.format_table([record])
-    assert "(diverged)" in tasks.seeds_table([record])
+        tables._cell(row, [record])
+    assert "(diverged)" in tables.format_table([record])
+    assert "(diverged)" in tables.seeds_table([record])
     # the checkpoint remembers: --eval-only keeps the flag (and succeeds), --resume only tests
     monkeypatch.setattr(tasks, "loss_and_stats", real)
     assert _run(tmp_path, "--steps", "20", "--eval-only")["diverged"] == record["diverged"]
@@ -299,12 +304,15 @@ def test_cli_bad_input_gives_one_line_error(args, message, cli):
     assert code != 0 and message in err, err
 
 
-def test_missing_dataset_offline_is_a_one_line_error(tmp_path, monkeypatch):
-    def offline(url, dest):
+def test_missing_dataset_offline_is_a_one_line_error(tmp_path, monkeypatch, cli):
+    import torchvision.datasets.utils
+
+    def offline(url, root, filename=None, md5=None, **kw):
         raise OSError("network unreachable")
-    monkeypatch.setattr(tasks, "download", offline)
-    with pytest.raises(SystemExit, match="ptb.char.train.txt"):
-        sab.main(["--task", "ptb", "--data-dir", str(tmp_path / "empty"), "--steps", "1"])
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
+    code, err = cli("sab.py", "--task", "ptb", "--data-dir", str(tmp_path / "empty"), "--steps",
+                    "1", "--out-dir", str(tmp_path))
+    assert code == 1 and "ptb.char.train.txt" in err and len(err.strip().splitlines()) == 1
 
 
 def test_transfer_evaluation_at_a_longer_test_seq_len(tmp_path):
@@ -543,3 +551,22 @@ def test_the_baselines_are_what_their_names_say():
                                            ("attn", 5, 0, True), ("sab", 5, 5, True)):
         net = sab.build_model(sab.parse_args(["--task", "copy", "--model", model]), tiny).rnn
         assert (net.k_top, net.k_trunc, net.attends) == (k_top, k_trunc, attends), model
+
+
+def test_text8_download_is_unzipped_and_checked(tmp_path, monkeypatch):
+    import hashlib
+    import zipfile
+    import torchvision.datasets.utils
+    content = b"anarchism originated as a term of abuse"
+
+    def fake_download(url, root, filename=None, md5=None, **kw):  # the network: a zip of text8
+        assert url == sab.TEXT8_URL
+        os.makedirs(root, exist_ok=True)
+        with zipfile.ZipFile(os.path.join(root, filename or os.path.basename(url)), "w") as z:
+            z.writestr("text8", content)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", fake_download)
+    monkeypatch.setattr(sab, "TEXT8_SHA256", hashlib.sha256(content).hexdigest())
+    assert sab.load_text8(str(tmp_path))["train"] == content.decode()
+    monkeypatch.setattr(sab, "TEXT8_SHA256", "0" * 64)
+    with pytest.raises(tasks.DataError, match="checksum"):
+        sab.load_text8(str(tmp_path))

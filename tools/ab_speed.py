@@ -1,13 +1,14 @@
-"""CPU speed of every --quick preset, this tree against another commit: interleaved A/B.
+"""CPU speed of every --quick preset, one commit against another: interleaved A/B.
 
-    python tools/ab_speed.py BASE [--rounds 5] [--data-dir DIR] [--only sab.py:copy ...]
+    python tools/ab_speed.py BASE [NEW] [--rounds 5] [--data-dir DIR] [--only sab.py:copy ...]
 
 For each preset a short run of a fixed number of steps (evaluated once, on a few samples) is
-trained by BASE (checked out into a temporary git worktree) and by this tree, in turn, `rounds`
-times; a run's time is its training time per step (`wall_seconds / steps_done` of its results
-file: after data loading and model building). Prints a Markdown table: the median per version
-and the median of the rounds' ratios (this tree / BASE) with their range, so that a slow spell
-of a shared machine hits both alike. One thread per run, one run at a time.
+trained by BASE and by NEW (default: this working tree), each checked out into a temporary git
+worktree, in turn, `rounds` times; a run's time is its training time per step (`wall_seconds /
+steps_done` of its results file: after data loading and model building). Prints a Markdown
+table: the median per version and the median of the rounds' ratios (NEW / BASE) with their
+range, so that a slow spell of a shared machine hits both alike. One thread per run, one run at
+a time.
 """
 import argparse
 import json
@@ -45,6 +46,7 @@ def seconds_per_step(tree, script, flags, steps, data_dir, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("base", help="the commit to compare with (a git revision)")
+    p.add_argument("new", nargs="?", help="the commit to time (default: this working tree)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--data-dir", default=os.path.join(ROOT, "data"))
     p.add_argument("--only", nargs="*", help="presets as SCRIPT:TASK, e.g. sab.py:copy")
@@ -52,16 +54,20 @@ def main():
     presets = [(s, f, n) for s, f, n in PRESETS
                if not args.only or f"{s}:{f.split()[1]}" in args.only]
     with tempfile.TemporaryDirectory() as tmp:
-        base = os.path.join(tmp, "base")
-        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", base, args.base],
-                       check=True, capture_output=True)
+        trees = {"base": os.path.join(tmp, "base"), "new": ROOT}
+        for version, ref in (("base", args.base), ("new", args.new)):
+            if ref:
+                trees[version] = os.path.join(tmp, version)
+                subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach",
+                                trees[version], ref], check=True, capture_output=True)
         try:
-            print(f"| preset | steps | s / step, {args.base} | s / step, this tree | "
-                  f"ratio (range over {args.rounds} rounds) |\n|---|---|---|---|---|")
+            print(f"| preset | steps | s / step, {args.base} | s / step, "
+                  f"{args.new or 'this tree'} | ratio (range over {args.rounds} rounds) |\n"
+                  f"|---|---|---|---|---|")
             for script, flags, steps in presets:
                 times = {"base": [], "new": []}
                 for _ in range(args.rounds):
-                    for version, tree in (("base", base), ("new", ROOT)):
+                    for version, tree in trees.items():
                         times[version].append(seconds_per_step(
                             tree, script, flags, steps, args.data_dir, os.path.join(tmp, "out")))
                 ratios = [n / b for n, b in zip(times["new"], times["base"])]
@@ -71,8 +77,10 @@ def main():
                       f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |",
                       flush=True)
         finally:
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", base],
-                           capture_output=True)
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree],
+                                   capture_output=True)
 
 
 if __name__ == "__main__":
