@@ -35,8 +35,8 @@ COPY_EVAL_SEEDS = {"valid": 10_001, "test": 10_002}  # fixed copy / adding evalu
 
 
 class DataError(RuntimeError):
-    """A dataset is missing, cannot be downloaded, or fails its checksum; the message says what
-    to do."""
+    """A dataset is missing, cannot be downloaded or fails its checksum; the message says what to
+    do."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,13 +57,11 @@ def copy_batch(batch_size, seq_len, generator):
 def adding_batch(batch_size, seq_len, generator):
     """Adding problem (Hochreiter & Schmidhuber 1997; the IndRNN and SAB variant): channel 0
     holds U(0, 1) values, channel 1 marks one position in each half; the target is the sum of
-    the two marked values. Returns x: FloatTensor (T, B, 2), y: FloatTensor (B,) in [0, 2].
-    Raises ValueError for T < 2."""
+    the marked values. Returns x (T, B, 2) and y (B,) in [0, 2]. ValueError for T < 2."""
     B, T = batch_size, seq_len
     if T < 2:
         raise ValueError(f"adding needs seq_len >= 2, got {T}")
-    values = torch.rand(T, B, generator=generator)
-    marker = torch.zeros(T, B)
+    values, marker = torch.rand(T, B, generator=generator), torch.zeros(T, B)
     for low, high in ((0, T // 2), (T // 2, T)):
         marker[torch.randint(low, high, (B,), generator=generator), torch.arange(B)] = 1.0
     return torch.stack([values, marker], dim=2), (values * marker).sum(0)
@@ -80,20 +78,17 @@ class SyntheticTask:
 
     def __init__(self, name, seq_len, batch_size, seed, test_seq_len=None, eval_size=1000):
         self.name, self.seq_len, self.batch_size, self.seed = name, seq_len, batch_size, seed
-        self.test_seq_len, self.eval_size = test_seq_len or seq_len, eval_size
-        T, T_test = seq_len, self.test_seq_len
-        if name == "copy":
-            self.make, self.kind, self.n_in, self.n_out = copy_batch, "copy", 10, 9
-            self.description = (
-                f"copy (SAB layout): 10 digits from 1..8, T-1={T - 1} blanks, marker 9, 10 blanks;"
-                f" length T+20={T + 20}; target: blanks then the digits; metric: accuracy and CE "
-                f"on the last 10 steps; test T={T_test}")
-        else:
-            self.make, self.kind, self.n_in, self.n_out = adding_batch, "regress", 2, 1
-            self.description = (
-                f"adding: T={T}, 2 channels (U(0,1) values, marker), one marker in each half, "
-                f"target = sum of the marked values, metric MSE (predicting 1 gives about 0.167); "
-                f"test T={T_test}")
+        self.test_seq_len, self.eval_size = T_test, _ = test_seq_len or seq_len, eval_size
+        T = seq_len
+        self.make, self.kind, self.n_in, self.n_out = (
+            (copy_batch, "copy", 10, 9) if name == "copy" else (adding_batch, "regress", 2, 1))
+        self.description = (
+            f"copy (SAB layout): 10 digits from 1..8, T-1={T - 1} blanks, marker 9, 10 blanks; "
+            f"length T+20={T + 20}; target: blanks then the digits; metric: accuracy and CE on "
+            f"the last 10 steps; test T={T_test}" if name == "copy" else
+            f"adding: T={T}, 2 channels (U(0,1) values, marker), one marker in each half, target "
+            f"= sum of the marked values, metric MSE (predicting 1 gives about 0.167); test "
+            f"T={T_test}")
 
     def train_batch(self, step):
         return self.make(self.batch_size, self.seq_len, step_generator(self.seed, step))
@@ -110,7 +105,7 @@ class SyntheticTask:
 # Images as pixel sequences, from torchvision's datasets.
 
 def _torchvision_dataset(cls, root, train):
-    """torchvision's dataset, downloaded (its archives MD5-checked) if missing. DataError naming
+    """torchvision's dataset, downloaded (its archives MD5-checked) if missing; DataError naming
     the file to delete or to put in place otherwise."""
     from torchvision.datasets.utils import check_integrity
     try:
@@ -133,8 +128,8 @@ def _torchvision_dataset(cls, root, train):
 
 
 def _check_extracted(archive):
-    """torchvision checks an archive when it downloads it, not the file it extracted and reads
-    later: DataError naming that file if it differs from its .gz (a changed label, a cut)."""
+    """torchvision checks an archive when it downloads it, not the file it extracted from it and
+    reads later: DataError naming that file if it differs from its .gz (a changed label, a cut)."""
     with gzip.open(archive, "rb") as f, open(archive[:-3], "rb") as g:
         if f.read() != g.read():
             raise DataError(f"{archive[:-3]} differs from its verified archive "
@@ -142,7 +137,7 @@ def _check_extracted(archive):
 
 
 def holdout(n):
-    """(indices kept for training, the 5% held out for validation) of n training samples, the
+    """(indices kept for training, the 5% held out for validation) of n training samples: the
     same fixed split (seed SPLIT_SEED) in every script."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return order[n // 20:], order[:n // 20]
@@ -174,11 +169,10 @@ class EpochShuffle:
 
 
 class ImageTask(EpochShuffle):
-    """mnist, pmnist (784 steps x 1 channel) and cifar10 (1024 steps x 3 RGB channels).
-
-    Pixels scaled to [0, 1], or with as_tokens=True the raw values 0..255 as tokens (for a pixel
-    embedding). 5% of the training set is held out for validation (`holdout`); the test split is
-    the official test set. Raises DataError (see `_torchvision_dataset`)."""
+    """mnist, pmnist (784 steps x 1 channel) and cifar10 (1024 steps x 3 RGB channels), row-major
+    scans: pixels scaled to [0, 1], or with as_tokens=True the values 0..255 as tokens. 5% of the
+    training set validates (`image_splits`); the test split is the official one. DataError if the
+    data cannot be had (see `_torchvision_dataset`) or a file differs from its archive."""
 
     def __init__(self, name, batch_size, data_dir, seed, as_tokens=False):
         import torchvision  # here, so that synthetic tasks need no torchvision
@@ -187,9 +181,9 @@ class ImageTask(EpochShuffle):
         self.kind, self.n_out, self.vocab = "classify", 10, 256 if as_tokens else None
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.MNIST
         data = [_torchvision_dataset(cls, data_dir, train) for train in (True, False)]
-        self.n_in, self.seq_len = (3, 1024) if name == "cifar10" else (1, 784)  # row-major scans
-        for name_, md5 in getattr(cls, "resources", []) if name != "cifar10" else []:
-            archive = os.path.join(data_dir, "MNIST", "raw", name_)  # what torchvision read
+        self.n_in, self.seq_len = (3, 1024) if name == "cifar10" else (1, 784)
+        for file, md5 in getattr(cls, "resources", []) if name != "cifar10" else []:
+            archive = os.path.join(data_dir, "MNIST", "raw", file)  # what torchvision read
             if not check_integrity(archive, md5):
                 raise DataError(f"{archive} is corrupt (MD5 differs from the official file): "
                                 f"delete it and run again (it is downloaded), or put the "
@@ -224,8 +218,8 @@ class ImageTask(EpochShuffle):
         x, y = self.data[split]
         n = len(x) if limit is None else min(limit, len(x))
         for start in range(0, n, self.batch_size):
-            end = min(start + self.batch_size, n)
-            yield self._batch(x[start:end], y[start:end])
+            yield self._batch(x[start:min(start + self.batch_size, n)],
+                              y[start:min(start + self.batch_size, n)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,9 +235,9 @@ PTB_FILES = {"train": ("ptb.char.train.txt", "874909f99060142f6b88cc74c34baaa2")
 
 
 def download(url, folder, name, md5=None, what=""):
-    """folder/name, downloaded by torchvision's download_url (which checks the MD5) if missing.
-    DataError if a file already there fails its MD5 (torchvision would quietly fetch it again)
-    or the download fails; `what` tells where to get the file instead."""
+    """folder/name, downloaded with torchvision's download_url (which checks the MD5) if missing.
+    DataError if a file already there fails its MD5 (torchvision checks what it downloads, not
+    what it finds) or the download fails; `what` tells where to get the file instead."""
     from torchvision.datasets.utils import check_integrity, download_url
     path = os.path.join(folder, name)
     if os.path.exists(path):
@@ -261,11 +255,9 @@ def download(url, folder, name, md5=None, what=""):
 
 class CharLMTask:
     """Character-level language modelling over text = {"train", "valid", "test": sequences of
-    characters}: ptb (Mikolov's split) here, text8 (90M/5M/5M) in sab.py.
-
-    Each split is cut into B contiguous streams; batch i is the window [i*T, (i+1)*T) of every
-    stream, so a hidden state may be carried from one batch to the next. Metric: bits per
-    character (BPC) = cross-entropy in nats / ln 2. Raises DataError for a split too short."""
+    characters}. Each split is cut into B contiguous streams; batch i is the window
+    [i*T, (i+1)*T) of every stream, so a hidden state may be carried from batch to batch.
+    Metric: bits per character (BPC, cross-entropy / ln 2). DataError for a split too short."""
 
     def __init__(self, name, text, seq_len, batch_size):
         self.name, self.seq_len, self.batch_size, self.kind = name, seq_len, batch_size, "lm"
@@ -280,10 +272,10 @@ class CharLMTask:
                 raise DataError(f"--batch-size {batch_size} x --seq-len {seq_len}: the {s} split "
                                 f"of {name} ({len(data)} characters) is too short")
             self.streams[s] = data[:n * batch_size].view(batch_size, n)
-        sizes = "/".join(str(len(text[s])) for s in ("train", "valid", "test"))
-        self.description = (f"{name} (char level): vocab {self.vocab}, characters train/valid/test "
-                            f"{sizes}, {batch_size} contiguous streams, windows of T={seq_len}; "
-                            f"metric BPC")
+        self.description = (
+            f"{name} (char level): vocab {self.vocab}, characters train/valid/test "
+            f"{'/'.join(str(len(text[s])) for s in ('train', 'valid', 'test'))}, {batch_size} "
+            f"contiguous streams, windows of T={seq_len}; metric BPC")
 
     def windows(self, split):
         """Number of windows of T steps in one pass over a split."""
@@ -303,8 +295,8 @@ class CharLMTask:
 
 def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test_seq_len=None,
               as_tokens=False, eval_size=1000):
-    """A shared task: copy, adding (seq_len T), mnist, pmnist, cifar10 (fixed T), ptb (windows
-    of seq_len). Each script builds its own others. Raises ValueError, DataError."""
+    """A shared task: copy, adding (T = seq_len), mnist, pmnist, cifar10 (fixed T), ptb (windows
+    of seq_len); each script builds its others. Raises ValueError, DataError."""
     if name in ("copy", "adding"):
         return SyntheticTask(name, seq_len, batch_size, seed, test_seq_len, eval_size)
     if name in ("mnist", "pmnist", "cifar10"):
@@ -323,48 +315,36 @@ def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test
 # Losses and metrics, one definition for every script.
 
 def loss_and_stats(kind, out, y, stats=True):
-    """Training loss and summable statistics for one batch.
-
-    Args:
-        kind: "copy" | "lm" (out (T, B, V), y (T, B)), "classify" (out (B, C), y (B,)),
-              "regress" (out (B,) or (B, 1), y (B,)).
-        stats: False skips the statistics (training steps need the loss only; each statistic
-               is a device-to-host copy).
-    Returns:
-        loss: scalar tensor to backpropagate (mean CE in nats over all steps, or MSE).
-        stats: dict of Python floats to add up over batches and pass to `summarize`, or None.
-    Raises:
-        ValueError: for an unknown kind.
-    """
+    """(loss, stats) of a batch. kind: "copy" | "lm" (out (T, B, V), y (T, B)), "classify" (out
+    (B, C), y (B,)) or "regress" (out (B,) or (B, 1), y (B,)). loss: the scalar tensor to
+    backpropagate (mean cross-entropy in nats over all steps, or MSE); stats: Python floats to
+    add up over batches (add_stats) for `summarize`, or None with stats=False (each statistic is
+    a copy from the device). ValueError for an unknown kind."""
     if kind in ("copy", "lm"):
         T, B, V = out.shape
-        ce = F.cross_entropy(out.float().reshape(T * B, V), y.reshape(T * B), reduction="none")
-        ce = ce.view(T, B)
-        loss = ce.mean()
+        ce = F.cross_entropy(out.float().reshape(T * B, V), y.reshape(T * B),
+                             reduction="none").view(T, B)
         if not stats:
-            return loss, None
+            return ce.mean(), None
         result = {"n": B, "ce_sum": ce.mean(0).sum().item()}
         if kind == "copy":  # the 10 recalled digits
-            last = out[-10:].argmax(-1)
             result["last_ce_sum"] = ce[-10:].mean(0).sum().item()
-            result["last_correct"] = (last == y[-10:]).float().mean(0).sum().item()
-        return loss, result
+            result["last_correct"] = (out[-10:].argmax(-1) == y[-10:]).float().mean(0).sum().item()
+        return ce.mean(), result
+    if kind not in ("classify", "regress"):
+        raise ValueError(f"unknown task kind {kind!r}")
+    loss = F.cross_entropy(out.float(), y) if kind == "classify" else \
+        F.mse_loss(out.float().reshape(-1), y)
+    if not stats:
+        return loss, None
     if kind == "classify":
-        loss = F.cross_entropy(out.float(), y)
-        if not stats:
-            return loss, None
         return loss, {"n": len(y), "ce_sum": loss.item() * len(y),
                       "correct": (out.argmax(-1) == y).sum().item()}
-    if kind == "regress":
-        loss = F.mse_loss(out.float().reshape(-1), y)
-        if not stats:
-            return loss, None
-        return loss, {"n": len(y), "se_sum": loss.item() * len(y)}
-    raise ValueError(f"unknown task kind {kind!r}")
+    return loss, {"n": len(y), "se_sum": loss.item() * len(y)}
 
 
 def summarize(kind, stats, prefix):
-    """Turns summed statistics into metrics: `{prefix}_acc` (%), `_ce` (nats), `_mse`, `_bpc`."""
+    """Summed statistics as metrics: `{prefix}_acc` (%), `_ce` (nats), `_mse`, `_bpc`."""
     n = stats["n"]
     if kind == "copy":
         return {f"{prefix}_acc": 100.0 * stats["last_correct"] / n,
@@ -383,18 +363,20 @@ def add_stats(total, stats):
     return total
 
 
-# Which metric picks the best checkpoint, and whether larger is better.
+# Which metric picks the best checkpoint, whether larger is better, and every validation metric
+# of a task kind (see summarize: the CSV log's last columns).
 SELECT = {"copy": ("valid_acc", True), "classify": ("valid_acc", True),
           "regress": ("valid_mse", False), "lm": ("valid_bpc", False)}
+COLUMNS = {"copy": ["acc", "ce", "ce_all"], "lm": ["bpc"], "classify": ["acc", "ce"],
+           "regress": ["mse"]}
 
 
 # ----------------------------------------------------------------------------------------------
 # The command line: the flags every script shares, spelled the same everywhere.
 
-# Every numeric flag's valid range: argparse types that refuse anything else with a one-line
-# usage error naming the flag. Integers stay below 2^31 and floats are finite and at most 1e6,
-# so that nothing that passes here overflows later (a seed, a size, a float32 lr).
 def _number(cast, low, high, what):
+    """An argparse type that refuses anything outside [low, high] (and NaN, inf) in one line:
+    integers below 2^31, floats at most 1e6, so that nothing overflows later."""
     def parse(s):
         try:
             v = cast(s)
@@ -415,8 +397,7 @@ fraction = _number(float, lambda v: v >= 0, 1.0 - 1e-9, "a number in [0, 1)")
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each flag's default for the task asked about; none for switches and for
-    flags that have no default (then the help says what happens)."""
+    """Each flag's default for the run asked about; none for switches and flags without one."""
 
     def _get_help_string(self, action):
         if action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
@@ -425,30 +406,29 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 
 def common_parser(description, tasks, models):
-    """The parser of a script with the flags all three share. The script adds its own, then
-    sets the defaults of the preset that `first_look` finds, then calls `parse`."""
+    """The parser with the flags all three scripts share. A script adds its own, sets the
+    defaults of the preset that `first_look` finds (set_defaults), then calls `parse`."""
     p = argparse.ArgumentParser(description=description, formatter_class=_Help)
-    a = p.add_argument
+    a, pi, pf, nf = p.add_argument, positive_int, positive_float, nonneg_float
     a("--task", choices=tasks, default=tasks[0], help="the task to train on")
     a("--model", choices=models, default=models[0], help="the model to train")
     a("--quick", action="store_true", help="the CPU-scale preset of the task: minutes")
-    a("--seq-len", type=positive_int, help="T")
-    a("--test-seq-len", type=positive_int, help="evaluate the test set at this T (transfer)")
-    a("--batch-size", type=positive_int, help="sequences per training batch")
-    a("--hidden-size", type=positive_int, help="units per recurrent layer")
-    a("--layers", type=positive_int, help="recurrent layers")
-    a("--lr", type=positive_float, help="learning rate")
-    a("--clip", type=nonneg_float, help="gradient-norm clip (0: none)")
-    a("--steps", type=positive_int, help="training steps (optimizer updates), at most")
-    a("--eval-every", type=positive_int, help="validate and checkpoint every N steps")
-    a("--eval-size", type=positive_int, help="validation samples (copy, adding, images) or "
-                                             "windows (ptb, text8) per evaluation")
-    a("--test-size", type=positive_int, help="test on the first N samples (windows for ptb, "
-                                             "text8) only; without it the whole test set")
+    a("--seq-len", type=pi, help="T")
+    a("--test-seq-len", type=pi, help="evaluate the test set at this T (transfer)")
+    a("--batch-size", type=pi, help="sequences per training batch")
+    a("--hidden-size", type=pi, help="units per recurrent layer")
+    a("--layers", type=pi, help="recurrent layers")
+    a("--lr", type=pf, help="learning rate")
+    a("--clip", type=nf, help="gradient-norm clip (0: none)")
+    a("--steps", type=pi, help="training steps (optimizer updates), at most")
+    a("--eval-every", type=pi, help="validate and checkpoint every N steps")
+    a("--eval-size", type=pi, help="validation samples (windows for ptb, text8) per evaluation")
+    a("--test-size", type=pi, help="test on the first N samples (windows for ptb, text8) only; "
+                                   "without it the whole test set")
     a("--stop-at", type=float, help="stop training once the validation metric reaches this "
                                     "(MSE, BPC: at or below; accuracy in %%: at or above)")
-    a("--time-budget", type=positive_float, help="a safety cap: stop training after this many "
-                                                 "minutes (the results file says so)")
+    a("--time-budget", type=pf, help="a safety cap: stop training after this many minutes "
+                                     "(the results file says so)")
     a("--seed", type=nonneg_int, default=0, help="seed of the weights and the training data")
     a("--device", choices=["auto", "cpu", "cuda"], default="auto",
       help="auto: the faster of CPU and GPU for this run, measured")
@@ -467,18 +447,17 @@ def common_parser(description, tasks, models):
                                              "start over (an existing run is refused without)")
     a("--eval-only", action="store_true", help="no training: test the best checkpoint of this "
                                                "run (with --test-seq-len: at another T)")
-    a("--checkpoint-minutes", type=positive_float, default=5.0,
+    a("--checkpoint-minutes", type=pf, default=5.0,
       help="also write a checkpoint every this many minutes of wall time")
     a("--benchmark", action="store_true", help="time and memory against nn.LSTM, then exit")
-    a("--threads", type=positive_int, default=1, help="torch CPU threads; the numbers of a run "
-                                                      "depend on them (rounding)")
+    a("--threads", type=pi, default=1, help="torch CPU threads; a run's numbers depend on them")
     return p
 
 
 def first_look(p, argv, *flags):
-    """--task, --model, --quick, --seq-len and `flags` as given in argv (the parser's defaults
-    where absent or invalid, which `parse` then refuses): what the script's preset depends on,
-    read before the real parse so that the preset can become the parser's defaults."""
+    """--task, --model, --quick, --seq-len and `flags` as argv gives them (the parser's defaults
+    where absent or invalid, which `parse` then refuses): what a script's preset depends on, read
+    before the real parse so that the preset can become the parser's defaults."""
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--quick", action="store_true")
     for flag in ("--task", "--model", "--seq-len", *flags):
@@ -496,7 +475,7 @@ def first_look(p, argv, *flags):
 
 def parse(p, argv):
     """argv parsed once (with the preset's defaults, see `first_look`) and the checks every
-    script shares: a one-line usage error each."""
+    script shares, each a one-line usage error."""
     args = p.parse_args(argv)
     for flag, T in (("--seq-len", args.seq_len), ("--test-seq-len", args.test_seq_len)):
         if args.task == "adding" and T is not None and T < 2:
@@ -508,9 +487,9 @@ def parse(p, argv):
 
 
 def run_tag(p, args, base):
-    """--tag, or `base` (e.g. T<seq-len>) + "-quick" + "-s<seed>" for a seed other than 0 +
-    a hash of the flags that shape the computation and differ from the preset's defaults: two
-    configurations never share a name, and the preset's own runs keep short names."""
+    """--tag, or `base` (e.g. T<seq-len>) + "-quick" + "-s<seed>" (a seed other than 0) + a hash
+    of the flags that shape the computation and differ from the preset: two configurations never
+    share a name, and the preset's own runs keep short ones."""
     defaults = vars(p.parse_args([]))
     changed = {k: v for k, v in sorted(vars(args).items()) if k in defaults and
                k not in RESUMABLE | {"task", "model", "seq_len", "tag", "seed"} and v != defaults[k]}
@@ -528,21 +507,19 @@ RESUMABLE = {"steps", "stop_at", "time_budget", "eval_every", "test_size", "test
 
 
 # ----------------------------------------------------------------------------------------------
-# Device, precision, compilation, and what a run records about its machine.
+# Device, precision, compilation, memory, and what a run records about its machine.
 
 def setup(args, probe=None):
-    """Threads, device, AMP and the seed of a run: returns (device, autocast dtype or None, use
-    GradScaler). SystemExit for a device or an AMP mode this machine lacks.
-
-    --device auto: the CPU without a GPU. With one, the faster of the two for this run when
-    `probe` is given: probe(device, amp_dtype) returns a function that takes one training step
-    of this run there; 3 timed steps after a warm-up step decide, and one line says which device
-    and both times (a step loop of small operations can be faster on one CPU thread than on a
-    GPU that waits on kernel launches). The random state is restored: the run is what --device
-    would give. Without a probe (--benchmark), or with --compile (for CUDA graphs): the GPU."""
+    """Threads, device, AMP and the seed of a run: (device, autocast dtype or None, GradScaler or
+    not). SystemExit for a device or an AMP mode this machine lacks. --device auto: the CPU
+    without a GPU; with one, and `probe` given, the faster of the two for this run: probe(device,
+    amp_dtype) returns a function that takes one training step there, and 3 timed steps after a
+    warm-up decide (a step loop of small operations can run faster on one CPU thread than on a
+    GPU that waits on kernel launches); one line says which, and both times; the random state
+    is restored. Without a probe (--benchmark), or with --compile (for CUDA graphs): the GPU."""
     torch.set_num_threads(args.threads)
     # Flush float32 values below 1.2e-38 to zero on CPU: gradients that vanish through a long
-    # LSTM reach that range, and arithmetic on such subnormal numbers is slow (adding at T = 1000,
+    # LSTM reach that range, and arithmetic on subnormal numbers is slow (adding at T = 1000,
     # nn.LSTM, one thread: 131 s for 20 steps with them, 17 s without, the same test MSE).
     torch.set_flush_denormal(True)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -551,8 +528,7 @@ def setup(args, probe=None):
         raise SystemExit("error: --amp fp16 needs a CUDA device; on CPU use --amp bf16")
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     if args.device == "auto" and device.type == "cuda" and probe and not args.compile:
-        seconds = {}
-        rng = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+        seconds, rng = {}, (torch.get_rng_state(), torch.cuda.get_rng_state_all())
         for d in (torch.device("cpu"), device):
             if args.amp != "fp16" or d.type == "cuda":
                 step = probe(d, _amp(args, d)[0])
@@ -561,34 +537,31 @@ def setup(args, probe=None):
         torch.set_rng_state(rng[0])
         torch.cuda.set_rng_state_all(rng[1])
         device = min(seconds, key=seconds.get)
-        print(f"== --device auto: {device.type}, the faster for this run: "
-              + ", ".join(f"{t * 1e3:.1f} ms per training step on {hardware(d)}"
-                          for d, t in seconds.items()))
+        print(f"== --device auto: {device.type}, the faster for this run: " + ", ".join(
+            f"{t * 1e3:.1f} ms per training step on {hardware(d)}" for d, t in seconds.items()))
     torch.manual_seed(args.seed)
     return (device, *_amp(args, device))
 
 
 def _amp(args, device):
-    """(autocast dtype or None, use GradScaler) of --amp on `device`."""
+    """(autocast dtype or None, use a GradScaler) of --amp on `device`."""
     amp = args.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
-    return {"off": (None, False), "bf16": (torch.bfloat16, False),
-            "fp16": (torch.float16, True)}[amp]
+    return {"off": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[amp]
 
 
 def compiled(fn, args, device):
     """fn, or with --compile torch.compile(fn, fullgraph=True): the forward pass and loss of a
-    training step as one graph (an error, not a silent fallback, if it cannot be one), whose
-    backward AOTAutograd compiles too. On CUDA with mode "reduce-overhead": CUDA graphs replay
-    the step's kernels without a launch each. nn.LSTM / nn.RNN are traced into their cell-level
-    operations (Dynamo's allow_rnn); on CPU with oneDNN off, whose fused LSTM cannot be compiled
-    for training (PyTorch issue 158007)."""
+    training step as one graph (a graph break is an error, not a silent fallback), whose
+    backward AOTAutograd compiles too; on CUDA in mode "reduce-overhead" (CUDA graphs: the step's
+    kernels replayed without a launch each). nn.LSTM / nn.RNN are traced into their cell-level
+    operations (allow_rnn); on CPU with oneDNN off, whose fused LSTM cannot be compiled for
+    training (PyTorch issue 158007)."""
     if not args.compile:
         return fn
     torch._dynamo.config.allow_rnn = True
-    fast = torch.compile(fn, fullgraph=True,
-                         mode="reduce-overhead" if device.type == "cuda" else None)
+    fast = torch.compile(fn, fullgraph=True, mode="reduce-overhead" if device.type == "cuda" else None)
     if device.type != "cpu":
         return fast
 
@@ -602,20 +575,17 @@ def compiled(fn, args, device):
 
 
 def check_fits(model, task, args, device):
-    """SystemExit naming the size flags if `model` (built on the meta device: sizes, no memory)
-    cannot be trained in the memory this machine has: its weights, gradients and two optimizer
-    moments, and a batch of float inputs (B x T x input features). Asked before anything is
-    allocated (an allocator may grant far more than there is; the process then dies silently)."""
+    """A one-line SystemExit naming the size flags if `model` (built on the meta device: sizes,
+    no memory) cannot be trained in this machine's memory: weights, gradients, two optimizer
+    moments and a batch of float inputs. Asked before anything is allocated: an allocator may
+    grant far more than there is, and the process then dies without a word."""
     need = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
     need += 4 * args.batch_size * (getattr(task, "seq_len", 1) or 1) * task.n_in
-    if device.type == "cuda":
-        have = torch.cuda.mem_get_info(device)[1]
-    else:
-        try:
-            with open("/proc/meminfo") as f:
-                have = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemTotal"))
-        except (OSError, StopIteration):
-            return
+    try:
+        have = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else next(
+            int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        return
     if need > have:
         raise SystemExit(f"error: the model does not fit in memory with --hidden-size "
                          f"{args.hidden_size} --layers {args.layers} --batch-size "
@@ -627,12 +597,11 @@ def hardware(device):
     """The GPU's name, or the CPU model and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                     if l.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        model = platform.processor() or platform.machine()
     return f"{model}, {torch.get_num_threads()} threads"
 
 
@@ -648,26 +617,22 @@ def git_commit():
 
 
 def benchmark(step_fn, device, repeats=3, memory=True):
-    """Times `step_fn()` (one forward+backward): (seconds per call, MiB). On CUDA the memory is
-    the peak allocated during a call; on CPU, the tensors autograd saves for backward (the
-    activation memory that grows with T), each storage counted once. Memory is measured in a
-    call of its own, after a warm-up call, before the `repeats` timed calls: the CPU hook costs
-    Python time per saved tensor (10-25% of a step for an RNN of small operators).
-    memory=False: the timed calls alone (no warm-up, no memory call); MiB is None.
-    repeats=0: the warm-up and the memory call alone; seconds is None."""
+    """(seconds per call of step_fn(), one forward+backward; MiB). Memory, in a call of its own
+    after a warm-up and before the timed calls: on CUDA the peak allocated; on CPU the tensors
+    autograd saves for backward, each storage once (the hook costs Python time per tensor, so no
+    timed call has it). memory=False: the timed calls alone, MiB None; repeats=0: seconds None."""
     mem = None
     if memory:
         step_fn()  # warm-up
         mem = _step_mib(step_fn, device)
     if repeats == 0:
         return None, mem
-    if device.type == "cuda":
-        torch.cuda.synchronize()  # earlier queued work is not this call's
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()  # earlier queued work is not this call's
     start = time.perf_counter()
     for _ in range(repeats):
         step_fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / repeats, mem
 
 
@@ -688,7 +653,6 @@ def _step_mib(step_fn, device):
         except (RuntimeError, NotImplementedError):
             pass
         return t
-
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step_fn()
     return sum(saved.values()) / 2**20
@@ -707,33 +671,25 @@ def _step_mib(step_fn, device):
 #     model.load_state_dict(run.best_weights())
 #     return run.finish(evaluate(test), evaluate(valid), paper=...)   # the results record
 
-COLUMNS = {"copy": ["acc", "ce", "ce_all"], "lm": ["bpc"], "classify": ["acc", "ce"],
-           "regress": ["mse"]}  # a task kind's validation metrics (summarize): in the CSV log
-
-
 class Run:
-    """One training run: its files, lock, resume, signals, log and results record.
-
-    Files under --out-dir for the run name <script>-<task>-<model>-<tag>: ckpt/<name>.pt (the
-    last state: weights, optimizer, RNG, step, history, `extra`), ckpt/<name>-best.pt (the
-    weights at the best validation metric), ckpt/<name>.lock (locked while the run lives),
-    <name>.csv (a row per step: time, loss and the script's fields such as the gradient norm
-    and learning rate; the validation metrics at evaluation steps) and
-    <name>[-test<T'>].json (the results record). What it guarantees: docs/reproduce.md. Every
-    refusal and failure is a SystemExit with a one-line message.
-    """
+    """One training run: its files, lock, resume, signals, log and results record. Files under
+    --out-dir for the run name <script>-<task>-<model>-<tag>: ckpt/<name>.pt (the last state:
+    weights, optimizer, RNG, step, history, `extra`), ckpt/<name>-best.pt (the weights at the
+    best validation metric), ckpt/<name>.lock (locked while the run lives), <name>.csv (a row per
+    step: time, loss and the script's fields, e.g. the gradient norm and learning rate; the
+    validation metrics at evaluation steps) and <name>[-test<T'>].json (the results record).
+    What it guarantees: docs/reproduce.md. Every refusal and failure is a SystemExit with a
+    one-line message."""
     active = None  # the run of this process (run_main closes it on an error)
 
     def __init__(self, script, args, argv=None):
-        self.script, self.args, self.bar, self.diverged, self.model = script, args, None, None, None
+        self.script, self.args, self.bar, self.diverged, self.model = script, args, *[None] * 3
         self.argv = list(sys.argv[1:] if argv is None else argv)
         self.name = f"{script[:-3]}-{args.task}-{args.model}-{args.tag}"
-        ckpt = os.path.join(args.out_dir, "ckpt", self.name)
+        ckpt, T = os.path.join(args.out_dir, "ckpt", self.name), args.test_seq_len or args.seq_len
         self.last_path, self.best_path = ckpt + ".pt", ckpt + "-best.pt"
-        T = args.test_seq_len or args.seq_len
-        self.json_path = os.path.join(args.out_dir, self.name + (
-            f"-test{T}" if T != args.seq_len else "") + ".json")
         self.csv_path = os.path.join(args.out_dir, self.name + ".csv")
+        self.json_path = self.csv_path[:-4] + (f"-test{T}" if T != args.seq_len else "") + ".json"
         done = next((p for p in (self.last_path, self.json_path) if os.path.exists(p)), None)
         if done and not (args.resume or args.eval_only or args.restart):
             raise SystemExit(f"error: run {self.name} exists ({done}): add --resume to continue "
@@ -744,7 +700,7 @@ class Run:
         if args.eval_only and not os.path.exists(self.best_path):
             raise SystemExit(f"error: --eval-only: no best checkpoint {self.best_path} (train "
                              f"the run first)")
-        if Run.active is not None:  # an earlier run of this process that ended in an exception
+        if Run.active is not None:  # an earlier run of this process, ended by an exception
             Run.active.close()
         try:  # the lock is held while this process lives; the system releases it if it dies
             os.makedirs(os.path.dirname(ckpt), exist_ok=True)
@@ -770,14 +726,11 @@ class Run:
 
     def start(self, model, task, device, extra=None, meta=None, **state):
         """Attaches the model and `state` (objects with state_dict(), saved with it: optimizer,
-        scaler, scheduler), restores the last checkpoint with --resume or --eval-only, prints
-        the run's header. `extra`: plain values kept across steps (a carried hidden state),
-        saved and restored as run.extra; `meta`: written into both checkpoints (the network's
-        configuration, for a loader)."""
-        self.model, self.task, self.device, self.state, self.extra = model, task, device, \
-            state, extra or {}
-        self.meta = meta or {}
-        self.metric, self.larger = SELECT[task.kind]
+        scaler, scheduler), restores the last checkpoint with --resume or --eval-only and prints
+        the run's header. `extra`: plain values kept across steps (a carried hidden state), saved
+        and restored as run.extra; `meta`: written into both checkpoints (e.g. for a loader)."""
+        self.model, self.task, self.device, self.state = model, task, device, state
+        self.extra, self.meta, (self.metric, self.larger) = extra or {}, meta or {}, SELECT[task.kind]
         if os.path.exists(self.last_path) and (self.args.resume or self.args.eval_only):
             self._restore(self._read(self.last_path))
         print(f"== {self.script} | task: {task.description}\n== config: " + " ".join(
@@ -785,18 +738,17 @@ class Run:
             f"{hardware(device)}), seed={self.args.seed}, params="
             f"{sum(p.numel() for p in model.parameters()):,}"
             + (f", resumed at step {self.step}" if self.step else ""))
-        self.t_start, self.last_save = time.time() - self.elapsed, time.time()
-        self.checked = time.time()
+        self.t_start, self.last_save, self.checked = time.time() - self.elapsed, *[time.time()] * 2
         self.bar = tqdm(total=self.args.steps, initial=self.step, mininterval=5, desc=self.name,
                         disable=not self.training(), dynamic_ncols=True)
 
     def stop_reason(self):
         """Why training stops now ("steps", "stop_at", "time budget", "diverged"), or None."""
-        target, a = self.args.stop_at, self.args
+        a = self.args
         return ("diverged" if self.diverged else "steps" if self.step >= a.steps else
                 "time budget" if a.time_budget and time.time() - self.t_start > a.time_budget * 60
-                else "stop_at" if target is not None and self.best is not None and (
-                    self.best >= target if self.larger else self.best <= target) else None)
+                else "stop_at" if a.stop_at is not None and self.best is not None and (
+                    self.best >= a.stop_at if self.larger else self.best <= a.stop_at) else None)
 
     def training(self):
         return not self.args.eval_only and self.stop_reason() is None
@@ -807,11 +759,11 @@ class Run:
                                       or self.stop_reason() in ("steps", "time budget"))
 
     def step_done(self, loss, **fields):
-        """Counts an optimizer update and logs it (loss and `fields`, tensors or numbers) with no
-        host synchronisation: the values stay on their device until every few seconds, an
-        evaluation, a checkpoint or a signal, when a non-finite loss ends training at the step
-        it occurred. Writes a checkpoint every --checkpoint-minutes; on SIGINT or SIGTERM
-        writes one and exits 130 with the command that resumes."""
+        """Counts an optimizer update and logs its row (loss and `fields`, tensors or numbers)
+        with no host synchronisation: the values stay on their device until every few seconds, an
+        evaluation, a checkpoint or a signal; then a non-finite loss ends training at the step it
+        occurred. Writes a checkpoint every --checkpoint-minutes; on SIGINT or SIGTERM writes
+        one and exits 130 with the command that resumes."""
         self.step += 1
         loss = loss.detach().float()
         first = ~torch.isfinite(loss) & (self.bad[0] < 0 if self.bad else True)
@@ -836,9 +788,9 @@ class Run:
             self.save_last()  # (an evaluation step writes its checkpoint in log())
 
     def log(self, metrics, **fields):
-        """Records an evaluation (`metrics`: evaluate()'s; `fields`: more for the history):
-        the history entry (means of the logged fields since the last one), the best and last
-        checkpoints, the CSV rows; prints one line."""
+        """Records an evaluation (`metrics`: evaluate()'s; `fields`: more for the history): the
+        history entry (the means of the logged fields since the last one, the last loss), the
+        best and last checkpoints, the CSV rows; prints one line."""
         value = metrics[self.metric]
         if not self._settle():
             return
@@ -846,8 +798,7 @@ class Run:
             return self._diverged(f"non-finite {self.metric} {value} at step {self.step}")
         if self.rows:
             self.rows[-1].update(metrics)  # the CSV row of this step gets them
-        logged = {k: [r[k] for r in self.interval] for k in self.interval[-1]} \
-            if self.interval else {}
+        logged = {k: [r[k] for r in self.interval] for k in (self.interval or [{}])[-1]}
         entry = dict(step=self.step, seconds=round(time.time() - self.t_start, 1), **{
             k: sum(v) / len(v) for k, v in logged.items() if k not in ("step", "seconds")})
         if logged:
@@ -869,15 +820,15 @@ class Run:
                 + f" (best {self.metric} {self.best:.4f}, {self.elapsed / 60:.1f} min)")
 
     def save_last(self):
-        """Appends the pending rows to the CSV log and writes the last-state checkpoint; False
-        (nothing written) if a weight is not finite."""
+        """Appends the pending rows to the CSV log (rows past a checkpoint go on resume) and
+        writes the last-state checkpoint; False, and nothing written, if a weight is not finite."""
         if not self._settle():
             return False
         if not all(torch.isfinite(p).all() for p in self.model.state_dict().values()
                    if p.is_floating_point()):
             self._diverged(f"non-finite weights at step {self.step}")
             return False
-        if self.rows:  # rows past the checkpoint's step are dropped on resume (_restore)
+        if self.rows:
             new = not os.path.exists(self.csv_path) or not os.path.getsize(self.csv_path)
             with open(self.csv_path, "a", newline="") as f:
                 out = csv.DictWriter(f, [*self.rows[0], *(f"valid_{m}" for m in COLUMNS[
@@ -902,8 +853,8 @@ class Run:
         return ck["model"]
 
     def finish(self, test, valid, paper, **fields):
-        """Writes the results record of the best checkpoint's tests (`test`, `valid`:
-        evaluate()'s metrics) and returns it; after a divergence then exits with the error."""
+        """Writes the results record of the best checkpoint's tests (`test`, `valid`: evaluate()'s
+        metrics) and returns it; after a divergence then exits with the error."""
         self.bar.close()
         peak = (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
@@ -956,8 +907,7 @@ class Run:
         self.interrupted = name  # handled after the current step, in step_done
 
     def _on_disk(self):
-        return "none yet" if self.saved_step is None else \
-            f"{self.last_path} (step {self.saved_step})"
+        return "none yet" if self.saved_step is None else f"{self.last_path} (step {self.saved_step})"
 
     def _settle(self):
         """Brings the pending rows' values to the host (one synchronisation) and, at the first
@@ -1002,14 +952,13 @@ class Run:
 
     def _fail(self, message, code=1):
         self.close()  # the progress bar ends before the message
-        if code != 1:
-            print(message, file=sys.stderr)
-            raise SystemExit(code)
-        raise SystemExit(f"error: {message}")
+        if code == 1:
+            raise SystemExit(f"error: {message}")
+        print(message, file=sys.stderr)
+        raise SystemExit(code)
 
     def _save(self, path, state):
-        """save_checkpoint; a failed write (a full disk) keeps the old file and ends the run
-        with the error."""
+        """save_checkpoint; a failed write (a full disk) keeps the old file and ends the run."""
         try:
             save_checkpoint(path, state)
         except OSError as e:
@@ -1073,8 +1022,8 @@ def write_results(path, record):
 
 
 def run_main(main):
-    """A script's entry point: main(), where an allocation failure (a batch, an evaluation) or
-    a DataError is a one-line error saying what to change; the checkpoints on disk are kept."""
+    """A script's entry point: main(), where an allocation failure (a model, a batch, an
+    evaluation) or a DataError is a one-line error saying what to change; checkpoints are kept."""
     try:
         return main()
     except DataError as e:
@@ -1085,11 +1034,10 @@ def run_main(main):
                 or "size calculation overflow" in text):  # CUDA: a size past 2^63 bytes
             raise
         detail, run = f"({type(e).__name__}: {text.splitlines()[0][:120]})", Run.active
-        if run is not None and getattr(run, "model", None) is None:  # while building it
-            a = run.args
+        if run is not None and run.model is None:  # while building the model
             raise SystemExit(f"error: the model does not fit in memory with --hidden-size "
-                             f"{a.hidden_size} --layers {a.layers} --batch-size {a.batch_size} "
-                             f"{detail}") from None
+                             f"{run.args.hidden_size} --layers {run.args.layers} --batch-size "
+                             f"{run.args.batch_size} {detail}") from None
         raise SystemExit(f"error: out of memory {detail}: lower --batch-size, --eval-size or "
                          f"--hidden-size (the checkpoints on disk are kept)") from None
     finally:  # end the progress bar before the error line is printed
