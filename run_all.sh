@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Reproduces the papers' headline tables, then writes results/TABLES.md.
 #
-#   bash run_all.sh                 # paper settings; on a GPU with --amp (and --grad-checkpoint
-#                                   # for full-BPTT runs on long sequences)
-#   bash run_all.sh --quick         # the same pipeline at CPU scale (the scripts' --quick presets;
-#                                   # about 40 minutes on 2 cores)
+#   bash run_all.sh                 # paper settings, GPU jobs: with --amp (and --grad-checkpoint
+#                                   # for full-BPTT runs on long sequences); without a GPU it
+#                                   # refuses unless --yes is given
+#   bash run_all.sh --quick         # the same pipeline at CPU scale (the scripts' --quick presets,
+#                                   # fixed step counts), one run per CPU core
 #   bash run_all.sh --only indrnn-adding --dry-run   # print the commands of one table
 #   bash run_all.sh --seeds 3       # seeds 0, 1, 2 of every run (mean and std in TABLES.md)
 #   bash run_all.sh --estimate      # time every run for $EST_MINUTES (default 0.5) minutes at the
@@ -24,19 +25,29 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; ESTIMATE=0; CPU=0; ONLY=""; DRY=0; SEEDS=""; EST_MIN=${EST_MINUTES:-0.5}
+QUICK=0; ESTIMATE=0; CPU=0; ONLY=""; DRY=0; YES=0; SEEDS=""; EST_MIN=${EST_MINUTES:-0.5}
 CPU_MIN=${CPU_MINUTES:-150}
 DATA=${DATA_DIR:-./data}; OUT=${OUT_DIR:-./results}; PY=${PYTHON:-python}
+devices() {  # one line: the GPUs run_all.sh would use, or the CPU
+    local n=${#GPUS[@]}
+    if [ "$n" -gt 0 ]; then echo "$n GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sort | uniq -c | sed 's/^ *//' | paste -sd, -)"
+    else echo "no GPU; CPU: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo 2>/dev/null | head -1))"; fi
+}
+# the GPUs: those CUDA_VISIBLE_DEVICES lists if it is set (empty: none), else all nvidia-smi shows
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then GPUS=($(echo "$CUDA_VISIBLE_DEVICES" | tr ',' ' '))
+else GPUS=($(seq 0 $(( $(nvidia-smi -L 2>/dev/null | grep -c GPU || true) - 1 )))); fi
+NGPU=${#GPUS[@]}
 TABLES="sab-copy sab-transfer sab-other indrnn-adding indrnn-mnist indrnn-ptb indrnn-ntu
         rlstm-table2 rlstm-dogs rlstm-dbpedia"  # the order they run in; rows: the scripts' TABLES
 usage() {
-    echo "usage: bash run_all.sh [--quick | --estimate | --cpu] [--only TABLE] [--dry-run] [--seeds N]" \
+    echo "usage: bash run_all.sh [--quick | --estimate | --cpu] [--only TABLE] [--dry-run] [--seeds N] [--yes]" \
          "[--data-dir DIR] [--out-dir DIR]" >&2
     exit 2
 }
 help() {
     sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     echo "tables (--only):" $TABLES
+    echo "this machine: $(devices)"
     echo "environment: PYTHON (default python), DATA_DIR (./data), OUT_DIR (./results)," \
          "EST_MINUTES (0.5), CPU_MINUTES (150), CUDA_VISIBLE_DEVICES (the GPUs to use;" \
          "default: all that nvidia-smi lists; empty: none)"
@@ -52,6 +63,7 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY=1 ;;
         --data-dir) [ $# -ge 2 ] || usage; DATA=$2; shift ;;
         --out-dir) [ $# -ge 2 ] || usage; OUT=$2; shift ;;
+        --yes) YES=1 ;;
         --seeds) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || usage; SEEDS=$2; shift ;;
         *) usage ;;
     esac
@@ -62,11 +74,10 @@ done
 if [ -n "$ONLY" ] && ! echo $TABLES | tr ' ' '\n' | grep -qx "$ONLY"; then
     echo "error: --only $ONLY: no such table; choose from:" $TABLES >&2; exit 2
 fi
-
-# the GPUs: those CUDA_VISIBLE_DEVICES lists if it is set (empty: none), else all nvidia-smi shows
-if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then GPUS=($(echo "$CUDA_VISIBLE_DEVICES" | tr ',' ' '))
-else GPUS=($(seq 0 $(( $(nvidia-smi -L 2>/dev/null | grep -c GPU || true) - 1 )))); fi
-NGPU=${#GPUS[@]}
+if [ "$QUICK$CPU$ESTIMATE$DRY$YES" = 00000 ] && [ "$NGPU" = 0 ]; then
+    echo "error: no GPU here, and the papers' settings are GPU jobs (thousands of CPU-hours): use --quick (CPU scale), --cpu (the CPU tier) or --yes (run them anyway)" >&2
+    exit 2
+fi
 if [ "$QUICK" = 1 ] || [ "$CPU" = 1 ]; then DEVICE_ARGS="--device cpu --threads 1"; SLOTS=$(nproc)
 elif [ "$NGPU" -gt 0 ]; then DEVICE_ARGS="--amp"; SLOTS=$NGPU
 else DEVICE_ARGS=""; SLOTS=1; fi
@@ -128,7 +139,8 @@ has_data() {  # has_data PATH TABLE WHY: false, and says so, if PATH is missing 
     # (an empty folder is what a failed download leaves behind)
     [ -n "$(ls -A "$1" 2>/dev/null)" ] || { echo "== skipping $2: no data at $1 ($3)"; return 1; }
 }
-[ "$DRY" = 1 ] || mkdir -p "$OUT/logs"  # a dry run changes nothing
+[ "$DRY" = 1 ] && echo "# device: $(devices); runs at a time: $SLOTS" \
+    || mkdir -p "$OUT/logs"  # a dry run changes nothing
 LAUNCHED=()
 # --estimate times every run anew: the timing runs of the estimate before move to
 # $OUT/estimate-previous/, which TABLES.md compares with (their checkpoints are dropped)

@@ -141,6 +141,21 @@ def test_help_lists_tables_modes_and_environment_and_exits_0():
     assert r.returncode == 0
     for word in ("--quick", "--cpu", "--estimate", "sab-copy", "rlstm-dbpedia", "CPU_MINUTES"):
         assert word in r.stdout
+    assert "this machine: " in r.stdout  # the device it would use
+
+
+def test_without_a_gpu_the_paper_settings_are_refused_unless_asked_for(tmp_path):
+    env = {**ENV, "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and not (tmp_path / "logs").exists()
+    (line,) = r.stderr.splitlines()
+    assert all(flag in line for flag in ("--quick", "--cpu", "--yes"))
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--yes", "--dry-run", "--only",
+                        "indrnn-ptb", "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0 and "# device: no GPU" in r.stdout
+    assert len([l for l in r.stdout.splitlines() if l.startswith("python ")]) == 2
 
 
 def test_dry_run_changes_nothing_on_disk(tmp_path):
