@@ -953,8 +953,11 @@ def parse_args(argv=None):
     for key, value in MODEL_DEFAULTS.get(args.model, {}).items():
         if getattr(args, key) != value:
             p.error(f"--{key.replace('_', '-')}: --model {args.model} has {key} {value}")
-    if args.model != "lstm" and not args.benchmark and not 2 <= args.aux_len <= args.seq_len:
-        p.error(f"--aux-len {args.aux_len} does not fit --seq-len {args.seq_len} (need 2 <= "
+    # the benchmark times r-LSTM whatever --model, at --seq-len if given, else from T = 1024
+    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    shortest = args.seq_len if not args.benchmark or "--seq-len" in given else 1024
+    if (args.model != "lstm" or args.benchmark) and not 2 <= args.aux_len <= shortest:
+        p.error(f"--aux-len {args.aux_len} does not fit --seq-len {shortest} (need 2 <= "
                 f"aux_len <= T)")
     if args.test_seq_len:
         p.error("--test-seq-len: the tasks of rlstm.py have one fixed length")

@@ -448,6 +448,7 @@ def test_cli_bad_input_gives_one_line_error(args, message, cli):
     (["--bptt", "-1"], "must be a non-negative integer, got -1"),
     (["--aux-len", "900"], "--aux-len 900 does not fit --seq-len 784"),
     (["--model", "plstm", "--aux-len", "785"], "--aux-len 785 does not fit --seq-len 784"),
+    (["--quick", "--benchmark", "--seq-len", "128"], "--aux-len 200 does not fit --seq-len 128"),
     (["--ss-max", "2"], "argument --ss-max: must be a number in [0, 1], got 2"),
     (["--seq-len", "100"], "--seq-len is fixed by the images"),
     (["--layers", "2"], "the main network is a 1-layer LSTM"),

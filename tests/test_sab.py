@@ -486,6 +486,67 @@ def test_model_classes_work_when_copied_out_under_the_standard_imports():
     assert model.key.weight.grad.abs().sum() > 0, "attention parameters get gradient"
 
 
+def test_a_run_writes_a_csv_log_of_every_step_and_the_attention_figure(tmp_path):
+    import csv
+    rec = _run(tmp_path, "--steps", "10", "--clip", "0.5")
+    with open(tmp_path / rec["csv_log"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+    for key in ("seconds", "loss", "grad_norm", "lr", "valid_acc", "valid_ce"):
+        assert key in rows[0], key
+    evaluated = [int(r["step"]) for r in rows if r["valid_acc"]]
+    assert evaluated == [5, 10]  # --eval-every 5
+    assert float(rows[9]["valid_acc"]) == rec["history"][-1]["valid_acc"]
+    assert all(float(r["grad_norm"]) > 0 and math.isfinite(float(r["loss"])) for r in rows)
+    png = tmp_path / rec["attention_figure"]
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_attention_figure_shows_the_memories_each_step_reads(tmp_path):
+    """Reads set by hand (step t reads memory t - 2 with weight 1, and memory 0 with 0.5 from
+    step 4 on): the figure is dark exactly there and half-dark there; an untrained SAB with
+    min_age 3 shows no read of a memory younger than 3 steps."""
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    scale = 4
+    task = tasks.make_task("copy", 4, 3, str(tmp_path), 0, eval_size=3)
+    net = sab.Net(task.n_in, task.n_out, 8, per_step=True, k_top=2, k_att=1, k_trunc=2)
+    length = len(next(task.eval_batches("test", limit=1))[0])
+
+    def by_hand(x):  # instead of the network: the reads a model with set scores would make
+        for t in range(2, len(x)):
+            index = torch.tensor([[t - 2, 0 if t >= 4 else t - 1]] * x.shape[1])
+            w = torch.tensor([[1.0, 0.5 if t >= 4 else 0.0]] * x.shape[1])
+            net.rnn.watch(t, w, index, t)
+        return torch.zeros(len(x), x.shape[1], task.n_out)
+
+    class HandSet(torch.nn.Module):
+        rnn = net.rnn
+
+        def forward(self, x):
+            return by_hand(x)
+    path = sab.attention_figure(HandSet(), task, torch.device("cpu"), tmp_path / "a.png",
+                                samples=2, scale=scale)  # two panels: padded by `scale`
+    image = TF.to_tensor(Image.open(path).convert("RGB"))  # (3, H, W) in [0, 1]
+    dark = image[0, scale::scale, scale::scale][:length, :length] < 0.5  # (memory, step)
+    half = (image[0, scale::scale, scale::scale][:length, :length] - 0.5).abs() < 0.05
+    expected = torch.zeros(length, length, dtype=torch.bool)
+    for t in range(2, length):
+        expected[t - 2, t] = True
+    assert torch.equal(dark, expected)
+    assert torch.equal(half[0, 4:], torch.ones(length - 4, dtype=torch.bool))
+    # a real (untrained) SAB that may read only memories at least 3 steps old
+    real = sab.Net(task.n_in, task.n_out, 8, per_step=True, k_top=2, k_att=1, k_trunc=2,
+                   min_age=3)
+    path = sab.attention_figure(real, task, torch.device("cpu"), tmp_path / "b.png", samples=2,
+                                scale=scale)
+    image = TF.to_tensor(Image.open(path).convert("RGB"))
+    read = image[0, scale::scale, scale::scale][:length, :length] < 0.99
+    assert read.any()
+    memory, step = read.nonzero().unbind(1)
+    assert (step - memory >= 3).all()
+
+
 def test_load_rebuilds_the_trained_network_from_its_best_checkpoint(tmp_path):
     _run(tmp_path, "--steps", "5", "--h0-memory", "--head", "h+read")
     net = sab.load(tmp_path / "ckpt" / "sab-copy-sab-T4-best.pt")
