@@ -22,7 +22,6 @@ uses; the others come from tasks.py), the papers' configurations, training and t
 import json
 import os
 import random
-import sys
 import time
 
 import torch
@@ -1017,7 +1016,7 @@ def run_benchmark(args, device, amp_dtype, argv=None):
     (recurrence_impl: the Triton kernel on CUDA, with a row for the loop Function beside it, or
     the loop), then a Markdown table: milliseconds per batch, speed-up over nn.LSTM, and MiB
     (peak CUDA memory, or tensors saved for backward on CPU)."""
-    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    given = tasks.flags_given(argv)
     B = args.batch_size if "--batch-size" in given else 100  # the paper's: B=100, H=128
     H = args.hidden_size
     lengths = [args.seq_len] if "--seq-len" in given else [784, 1000, 5000]

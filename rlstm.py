@@ -21,7 +21,6 @@ import csv
 import math
 import os
 import struct
-import sys
 import tarfile
 import time
 import warnings
@@ -954,7 +953,7 @@ def parse_args(argv=None):
         if getattr(args, key) != value:
             p.error(f"--{key.replace('_', '-')}: --model {args.model} has {key} {value}")
     # the benchmark times r-LSTM whatever --model, at --seq-len if given, else from T = 1024
-    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    given = tasks.flags_given(argv)
     shortest = args.seq_len if not args.benchmark or "--seq-len" in given else 1024
     if (args.model != "lstm" or args.benchmark) and not 2 <= args.aux_len <= shortest:
         p.error(f"--aux-len {args.aux_len} does not fit --seq-len {shortest} (need 2 <= "
@@ -1014,7 +1013,7 @@ def run_benchmark(args, device, amp_dtype, argv=None):
     """Time and memory of one training step (forward+backward, the auxiliary loss included) of
     r-LSTM Truncate300 against full-BP LSTM, with and without --grad-checkpoint, on random pixel
     tokens (256 values), at T = 1024, 4096, 16384 (or --seq-len)."""
-    given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    given = tasks.flags_given(argv)
     B = args.batch_size if "--batch-size" in given else 16
     lengths = [args.seq_len] if "--seq-len" in given else [1024, 4096, 16384]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, "

@@ -17,7 +17,6 @@ Models (`--model`):
 import math
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -791,7 +790,7 @@ def run_benchmark(args, device, amp_dtype, argv=None, rounds=5):
     slow spell of a shared machine hits them alike; the ratio to the LSTMCell loop is the
     median of the rounds' ratios, with their range. Memory: one call each (tasks.benchmark)."""
     B, H, D = args.batch_size, args.hidden_size, 10
-    given = "--seq-len" in {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+    given = "--seq-len" in tasks.flags_given(argv)
     lengths = [args.seq_len] if given else [100, 300, 1000]
     print(f"benchmark on {tasks.hardware(device)}, torch {torch.__version__}: B={B}, H={H}, "
           f"D={D}, model {args.model} (k_top {args.k_top}, k_att {args.k_att}, "

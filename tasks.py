@@ -454,6 +454,12 @@ def common_parser(description, tasks, models):
     return p
 
 
+def flags_given(argv=None):
+    """The flags written on the command line `argv` (default sys.argv[1:]), e.g. {"--seq-len"}:
+    for what a default cannot tell, whether the user chose a value."""
+    return {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv)}
+
+
 def first_look(p, argv, *flags):
     """--task, --model, --quick, --seq-len and `flags` as argv gives them (the parser's defaults
     where absent or invalid, which `parse` then refuses): what a script's preset depends on, read
