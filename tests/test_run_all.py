@@ -1,5 +1,6 @@
 """run_all.sh: the command list, --only, and skipping runs whose results exist (no training)."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,9 +61,14 @@ def test_estimate_times_every_training_run_at_paper_settings(tmp_path):
     assert len(est) == len(training) and len(training) < len(paper)  # no transfer runs
     for p, e in zip(training, est):  # the paper's command, one seed, a short budget, tiny eval
         assert e == p.replace("-s0 ", "-est-s0 ") + " --time-budget 0.5 --eval-size 1 --test-size 1"
-    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--estimate", "--quick"],
+    quick = _dry_run("--quick", "--out-dir", str(tmp_path))
+    quick_est = _dry_run("--estimate", "--quick", "--out-dir", str(tmp_path))
+    assert len(quick_est) == len([c for c in quick if "--eval-only" not in c and "--seed 0 " in c])
+    assert all("-quick-est-s0 " in c and c.endswith(" --time-budget 0.5 --eval-size 1 --test-size 1")
+               for c in quick_est)
+    r = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--estimate", "--cpu"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "exclude" in r.stderr
+    assert r.returncode == 2 and "excludes" in r.stderr
 
 
 def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
@@ -73,7 +79,7 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: H100'\necho 'GPU 1: H100'\n")
     (bin_dir / "python").write_text(  # records the runs; lists the rows with the real python
         f'#!/bin/sh\n[ "$*" = "tools/tables.py runs" ] && exec {sys.executable} "$@"\n'
-        f'echo "$CUDA_VISIBLE_DEVICES $*" >> {tmp_path}/calls\n')
+        f'case "$*" in *indrnn.py*) sleep 0.5;; esac; echo "$CUDA_VISIBLE_DEVICES $*" >> {tmp_path}/calls\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     env = {k: v for k, v in ENV.items() if k != "CUDA_VISIBLE_DEVICES"}  # conftest hides GPUs
@@ -107,6 +113,78 @@ def test_gpu_path_uses_amp_checkpointing_and_one_gpu_per_run(tmp_path):
                        env={**env, "CUDA_VISIBLE_DEVICES": ""})
     cmds = [l for l in r.stdout.splitlines() if l.startswith("python ")]
     assert cmds and not any("--amp" in c or "--grad-checkpoint" in c for c in cmds)
+
+
+def _fake_gpus(tmp_path):
+    """A fake nvidia-smi with 2 GPUs, and a fake python whose runs record their GPU and how many
+    runs were on that GPU when they started, then take 1 s; the environment to use them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: H100'\necho 'GPU 1: H100'\n")
+    (bin_dir / "python").write_text(
+        f'#!/bin/sh\n[ "$1" = "tools/tables.py" ] && exec {sys.executable} "$@"\n'
+        f'mkdir {tmp_path}/busy-$CUDA_VISIBLE_DEVICES-$$\n'
+        f'echo "$CUDA_VISIBLE_DEVICES $(ls -d {tmp_path}/busy-$CUDA_VISIBLE_DEVICES-* | wc -l)"'
+        f' >> {tmp_path}/calls\nsleep 1; rmdir {tmp_path}/busy-$CUDA_VISIBLE_DEVICES-$$\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {k: v for k, v in ENV.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return {**env, "PATH": f"{bin_dir}:{ENV['PATH']}"}
+
+
+def test_slots_spread_runs_over_the_gpus_k_per_gpu(tmp_path):
+    """--jobs-per-gpu K: K runs at a time on each GPU, never more; --dry-run shows the slots."""
+    env = _fake_gpus(tmp_path)
+    run_all = ["bash", os.path.join(ROOT, "run_all.sh"), "--only", "indrnn-mnist", "--seeds", "2"]
+    for k in (1, 2):
+        out = tmp_path / f"r{k}"
+        dry = subprocess.run(run_all + ["--jobs-per-gpu", str(k), "--dry-run", "--out-dir",
+                                        str(out)], capture_output=True, text=True, env=env)
+        slots = [l.split("] ")[1].split(":")[0] for l in dry.stdout.splitlines()
+                 if l.startswith("# [indrnn-mnist] slot ")]
+        assert slots == [f"slot {i % (2 * k)} (GPU {i % 2})" for i in range(8)], dry.stdout
+        r = subprocess.run(run_all + ["--jobs-per-gpu", str(k), "--out-dir", str(out)],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        calls = [c.split() for c in (tmp_path / "calls").read_text().splitlines()]
+        (tmp_path / "calls").unlink()
+        assert sorted(gpu for gpu, _ in calls) == ["0"] * 4 + ["1"] * 4  # 8 runs, 4 per GPU
+        assert max(int(n) for _, n in calls) == k  # K at a time on a GPU, and no more
+
+
+def test_ctrl_c_stops_every_run_which_saves_its_checkpoint_and_a_rerun_resumes(tmp_path):
+    """SIGINT to run_all.sh: each run under way gets one SIGTERM (its checkpoint is written and
+    it exits 130), no run is listed as failed, the summary says how to resume, and the same
+    command then continues the interrupted runs with --resume."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(  # a run: on SIGTERM writes its checkpoint and exits 130
+        f'#!/bin/bash\n[ "$1" = "tools/tables.py" ] && exec {sys.executable} "$@"\n'
+        'for a in "$@"; do case $prev in --tag) tag=$a;; --model) model=$a;; esac; prev=$a; done\n'
+        'trap \'touch "$OUT_DIR/ckpt/indrnn-mnist-$model-$tag.pt"; '
+        'echo TERM >> "$OUT_DIR/signals"; exit 130\' TERM\n'
+        'echo "$*" >> "$OUT_DIR/calls"; sleep 30 & wait\n')
+    (bin_dir / "python").chmod(0o755)
+    out = tmp_path / "out"
+    (out / "ckpt").mkdir(parents=True)
+    env = {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}", "OUT_DIR": str(out)}
+    cmd = ["bash", os.path.join(ROOT, "run_all.sh"), "--quick", "--only", "indrnn-mnist",
+           "--jobs", "2"]
+    sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len((out / "calls").read_text().splitlines()
+                                         if (out / "calls").exists() else []) < 2:
+        time.sleep(0.2)
+    os.killpg(sweep.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+    stdout, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130
+    assert (out / "signals").read_text().split() == ["TERM", "TERM"]  # one each, two runs
+    assert len(list((out / "ckpt").glob("*.pt"))) == 2 and "FAILED" not in stdout
+    assert "2 runs saved their checkpoints; the same command resumes them" in stdout
+    dry = [l for l in subprocess.run(cmd + ["--dry-run"], env=env, capture_output=True,
+                                     text=True).stdout.splitlines() if l.startswith("python ")]
+    assert len(dry) == 4 and len([c for c in dry if c.endswith(" --resume")]) == 2
 
 
 def test_cpu_tier_runs_indrnn_fig2_until_the_target_and_baselines_as_many_steps(tmp_path):

@@ -4,10 +4,11 @@ import this file):
     python tools/tables.py table results/     # writes results/TABLES.md: the papers' tables
     python tools/tables.py seeds results/sab-copy-sab-T10-quick*.json   # a preset over seeds
     python tools/tables.py runs               # every table row's run, for run_all.sh
+    python tools/tables.py estimates tools/estimates.tsv results/   # minutes per run, for run_all.sh
 
 Each script defines its paper's table rows once, in its TABLES (label, the run's flags, the
 paper's number); run_all.sh runs them and `table` fills them. run_all.sh tags every run
-`<row tag>[-quick|-est|-cpu]-s<seed>`; a results record fills the row with the same script, task,
+`<row tag>[-quick|-est|-quick-est|-cpu]-s<seed>`; a results record fills the row with the same script, task,
 model and row tag (transfer rows also the ratio test T / training T), seeds are averaged, and
 each scale gets its own line.
 """
@@ -21,7 +22,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts
 
 SCRIPTS = ("sab.py", "indrnn.py", "rlstm.py")
-_TAG_SUFFIX = re.compile(r"(-quick|-est|-cpu)?(-s\d+)?$")
+_TAG_SUFFIX = re.compile(r"(-quick-est|-quick|-est|-cpu)?(-s\d+)?$")
+ESTIMATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "estimates.tsv")
 
 
 def mean_std_range(values):
@@ -110,14 +112,14 @@ def row_tag(tag):
 
 
 def _mode(record):
-    """The run_all.sh mode in a run's tag: "-quick", "-est", "-cpu" or None."""
+    """The run_all.sh mode in a run's tag: "-quick", "-est", "-quick-est", "-cpu" or None."""
     return _TAG_SUFFIX.search(record["config"].get("tag") or "").group(1)
 
 
 def is_estimate(record):
-    """True for a timing run of `run_all.sh --estimate` (tag `<row>-est-s<seed>`): its metrics
-    come from minutes of training and never enter the results tables."""
-    return _mode(record) == "-est"
+    """True for a timing run of `run_all.sh --estimate [--quick]` (tag `<row>[-quick]-est-s<seed>`):
+    its metrics come from seconds of training and never enter the results tables."""
+    return _mode(record) in ("-est", "-quick-est")
 
 
 def _scale(record):
@@ -155,7 +157,8 @@ def _failure(row, failures):
         return None
     name = "-".join((row["script"][:-3], row["task"], row["model"], row["tag"]))
     return next((m for n, m in failures.items()
-                 if row_tag(n) == name and _TAG_SUFFIX.search(n).group(1) != "-est"), None)
+                 if row_tag(n) == name and _TAG_SUFFIX.search(n).group(1) not in ("-est", "-quick-est")),
+                None)
 
 
 def _cell(row, group):
@@ -211,7 +214,8 @@ def time_estimates(records, previous=()):
     hours = wall_seconds / steps_done x its configured steps (evaluation not counted).
     `previous`: the records of the estimate before (run_all.sh keeps them in
     estimate-previous/); each table and the total then get the ratio of now to then."""
-    est = [r for r in records if is_estimate(r)]
+    est = [r for r in records if is_estimate(r) and _scale(r) == "paper"]
+    previous = [r for r in previous if _scale(r) == "paper"]
     if not est:
         return ""
     out = ["", "## Estimated hours per table at the papers' settings", "",
@@ -246,16 +250,62 @@ def time_estimates(records, previous=()):
     return "\n".join(out) + "\n"
 
 
+ESTIMATE_COLUMNS = ("scale", "device", "script", "task", "model", "row", "minutes", "hardware",
+                    "date")
+
+
+def estimate_rows(sources):
+    """The estimated minutes of one run of each timed table row, for run_all.sh's --dry-run,
+    --help and SLURM time requests: {(scale, device, script, task, model, row tag): (minutes,
+    hardware, date)}, scale "quick" or "paper", device "cpu" or "gpu". `sources`: results
+    folders and estimate TSV files (this function's output); a later source's row replaces an
+    earlier one's. From a folder, every training run counts, timing runs of `run_all.sh
+    --estimate [--quick]` and finished runs alike: minutes = wall seconds / steps done x the
+    run's configured steps / 60 (a run that a stop rule ends early takes less). `--cpu` runs
+    are left out (their time is their budget), and so are evaluation-only runs."""
+    import datetime
+    rows = {}
+    for source in sources:
+        if os.path.isfile(source):
+            with open(source) as f:
+                lines = [l.rstrip("\n").split("\t") for l in f if l.strip()][1:]
+            rows.update({tuple(l[:6]): (float(l[6]), l[7], l[8]) for l in lines})
+            continue
+        for name in sorted(os.listdir(source)) if os.path.isdir(source) else []:
+            if not name.endswith(".json"):
+                continue
+            r = json.load(open(os.path.join(source, name)))
+            c = r.get("config", {})
+            if c.get("eval_only") or _mode(r) == "-cpu" or not r.get("steps_done"):
+                continue
+            device = "gpu" if str(r.get("device", "")).startswith("cuda") else "cpu"
+            key = (_scale(r), device, r["script"], c["task"], c["model"], row_tag(c.get("tag")))
+            date = datetime.date.fromtimestamp(os.path.getmtime(os.path.join(source, name)))
+            rows[key] = (r["wall_seconds"] / r["steps_done"] * c["steps"] / 60, r["hardware"],
+                         date.isoformat())
+    return rows
+
+
+def format_estimates(rows):
+    """estimate_rows' dict as TSV with a header line (the format estimate_rows reads back)."""
+    lines = ["\t".join(ESTIMATE_COLUMNS)]
+    lines += ["\t".join(key + (f"{m:.2f}", hw, date)) for key, (m, hw, date) in sorted(rows.items())]
+    return "\n".join(lines)
+
+
 def _main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["table", "seeds", "runs"],
+    p.add_argument("what", choices=["table", "seeds", "runs", "estimates"],
                    help="table: one line per run; seeds: runs of one configuration over seeds "
                         "and thread counts, with mean, std and range; runs: every table row's "
-                        "run, for run_all.sh")
+                        "run, for run_all.sh; estimates: minutes per run from estimate TSV files "
+                        "and results folders (later ones win), as TSV")
     p.add_argument("files", nargs="*", help="results/*.json, or the folder results/")
     args = p.parse_args()
     if args.what == "runs":
         return print_runs()
+    if args.what == "estimates":
+        return print(format_estimates(estimate_rows(args.files)))
     if not args.files:
         p.error(f"{args.what} needs results files or a folder")
     if len(args.files) == 1 and os.path.isdir(args.files[0]):
