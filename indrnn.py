@@ -6,6 +6,7 @@ residual version (Li et al., "Deep Independently Recurrent Neural Network", arXi
     python indrnn.py --task mnist                    # 6 x 128 with batch norm (Table 2)
     python indrnn.py --task ptb --model res-indrnn   # char-level PTB, T=150 (Table 4)
     python indrnn.py --benchmark                     # one IndRNN layer against nn.LSTM
+    python indrnn.py --task adding --grad-flow       # how far back the gradient reaches
 
 The model classes `IndRNN` and `DeepIndRNN` need torch alone and can be copied into other code:
 each docstring names the helpers to copy with it. Shapes are time-major: x (T, B, D). Models
@@ -16,12 +17,15 @@ each docstring names the helpers to copy with it. Shapes are time-major: x (T, B
                 then a last BN - recurrence (CVPR section 3.2, Deep IndRNN section 4)
     lstm        nn.LSTM baseline
     irnn        ReLU RNN with identity-initialised recurrent matrix (Le et al. 2015) baseline
+    rnn         tanh RNN (nn.RNN), the classic recurrent network, for --grad-flow
 Sections of this file: the model (torch alone), the NTU RGB+D data (the one task only this script
 uses; the others come from tasks.py), the papers' configurations, training and the command line.
 """
 import json
+import math
 import os
 import random
+import sys
 import time
 
 import torch
@@ -552,7 +556,8 @@ class Net(nn.Module):
 
     Args:
         model: one of MODELS: "indrnn", "res-indrnn" (DeepIndRNN, plain or residual), "lstm"
-            (nn.LSTM) or "irnn" (nn.RNN with ReLU, W_hh = I, Le et al. 2015).
+            (nn.LSTM), "irnn" (nn.RNN with ReLU, W_hh = I, Le et al. 2015) or "rnn" (nn.RNN
+            with tanh, PyTorch's initialisation).
         n_in, n_out: input features (or vocabulary) and outputs (classes, vocabulary, 1).
         hidden_size, layers: H and the number of recurrent layers.
         per_step: a read-out at every step (language modelling) or at the last step only; the
@@ -592,6 +597,8 @@ class Net(nn.Module):
                         p.normal_(0.0, 0.001)
                     else:
                         p.zero_()
+        elif model == "rnn":
+            self.rnn = nn.RNN(n_in, hidden_size, layers, nonlinearity="tanh")
         else:
             raise ValueError(f"unknown model {model!r}")
         self.head = nn.Linear(hidden_size, n_out)
@@ -622,6 +629,102 @@ def detach_state(state):
     if state is None or isinstance(state, torch.Tensor):
         return None if state is None else state.detach()
     return type(state)(detach_state(s) for s in state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient flow (CVPR section 3.1): how far back BPTT's gradient reaches. Needs torch alone.
+
+def grad_flow(model, x, loss_fn):
+    """||dL/dh_t|| for every step t = 1..T of one batch: the gradient that BPTT carries from the
+    loss L back to the state h_t of the top recurrent layer, through every later step.
+
+    For IndRNN it is a product of u_n * relu'(.) factors per unit n (CVPR section 3.1, eq. 4),
+    so |u| <= MAG^(1/T) keeps it in range; for the tanh RNN a product of W_hh^T diag(tanh')
+    matrices, which shrinks or grows like the power method (Pascanu, Mikolov and Bengio 2013).
+    The network is stepped one step at a time, a zero tensor p_t is added to the top layer's
+    state h_t (the read-out and the next step see h_t + p_t), and dL/dp_t = dL/dh_t. In eval mode
+    (batch norm with its running statistics, no dropout); the weights are unchanged.
+    Args: model: a Net; x (T, B) tokens or (T, B, D); loss_fn(out) -> scalar, the loss of the
+        network's output (logits or predictions, as Net.forward returns them).
+    Returns: (T,) tensor of the norms over batch and units (Frobenius), in x's float dtype.
+    """
+    training, _ = model.training, model.eval()
+    if x.dtype == torch.long:
+        x = F.one_hot(x, model.n_in).to(torch.get_default_dtype())
+    state, probes, states = None, [], []
+    for x_t in x.unbind(0):  # (B, D)
+        out, state = model.rnn(x_t[None], state)
+        p = torch.zeros_like(out[0], requires_grad=True)
+        h = out[0] + p
+        probes.append(p)
+        states.append(h)
+        if isinstance(state, list):        # DeepIndRNN: h_n per layer
+            state = state[:-1] + [h]
+        elif isinstance(state, tuple):     # nn.LSTM: (h_n, c_n), each (layers, B, H)
+            state = (torch.cat([state[0][:-1], h[None]]), state[1])
+        else:                              # nn.RNN: h_n (layers, B, H)
+            state = torch.cat([state[:-1], h[None]])
+    h = torch.stack(states) if model.per_step else states[-1]
+    if model.out_norm is not None:
+        h = model.out_norm(h)
+    grads = torch.autograd.grad(loss_fn(model.head(h)), probes)
+    model.train(training)
+    return torch.stack([g.norm() for g in grads])
+
+
+def linear_recurrence_gradient(radius, steps, size=16, seed=0, dtype=torch.float64):
+    """The gradient of the linear recurrence h_t = W h_(t-1) through `steps` steps, against the
+    spectral radius of W: ||dL/dh_(T-d)|| / ||dL/dh_T|| for d = 0..steps, by BPTT (autograd).
+
+    W = radius * Q with Q a random orthogonal (size, size) matrix, so every eigenvalue of W has
+    modulus `radius` and W^T scales every vector by exactly radius: the ratio is radius^d. BPTT
+    multiplies the gradient by W^T once per step, as the power method multiplies a vector by a
+    matrix: below 1 it vanishes, above 1 it explodes (Goodfellow, Bengio and Courville, Deep
+    Learning, section 10.7; Pascanu, Mikolov and Bengio 2013, section 2).
+    Returns: (steps + 1,) tensor, the ratio at d = 0..steps (1 at d = 0).
+    """
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(size, size, generator=g, dtype=dtype))
+    w = radius * q
+    h = torch.randn(size, generator=g, dtype=dtype, requires_grad=True)
+    states = [h]
+    for _ in range(steps):
+        states.append(w @ states[-1])
+    for s in states:
+        s.retain_grad()
+    states[-1].sum().backward()
+    norms = torch.stack([s.grad.norm() for s in reversed(states)])
+    return norms / norms[0]
+
+
+def single_unit_loss(w, b, steps=50, h0=0.5, target=0.7):
+    """The single-unit recurrent network of Pascanu, Mikolov and Bengio (2013): h_t = w *
+    sigmoid(h_(t-1)) + b from h_0 = h0, trained so that h_steps = target; loss (h_steps -
+    target)^2. w, b: tensors of any (equal) shape, e.g. a grid: the loss surface, whose cliffs
+    (where h_steps jumps between the map's fixed points) make the gradient explode.
+    Returns: the loss, of w's shape."""
+    h = torch.full_like(w, h0)
+    for _ in range(steps):
+        h = w * torch.sigmoid(h) + b
+    return (h - target) ** 2
+
+
+def single_unit_descent(w, b, lr, steps, clip=None):
+    """Gradient descent on single_unit_loss from (w, b), with gradient-norm clipping at `clip`
+    (None: none; Pascanu, Mikolov and Bengio 2013, section 3.2: rescale the gradient g to
+    clip * g / ||g|| when ||g|| > clip). Returns a list of (w, b, loss, ||g||) per step,
+    starting point first."""
+    p = torch.tensor([float(w), float(b)], dtype=torch.float64, requires_grad=True)
+    path = []
+    for _ in range(steps + 1):
+        loss = single_unit_loss(p[0], p[1])
+        g, = torch.autograd.grad(loss, p)
+        path.append((p[0].item(), p[1].item(), loss.item(), g.norm().item()))
+        if clip is not None and g.norm() > clip:
+            g = g * (clip / g.norm())
+        with torch.no_grad():
+            p -= lr * g
+    return path[:steps + 1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -803,7 +906,7 @@ def make_task(name, seq_len=None, batch_size=64, data_dir="./data", seed=0, test
 # Configuration: the papers' settings (CVPR 2018 section 4, Deep IndRNN section 5); paper-silent
 # values are marked.
 
-MODELS = ["indrnn", "res-indrnn", "lstm", "irnn"]
+MODELS = ["indrnn", "res-indrnn", "lstm", "irnn", "rnn"]
 TASKS = ["adding", "mnist", "pmnist", "ptb", "ntu"]
 DEFAULTS = dict(hidden_size=128, lr=2e-4, clip=0.0, clip_value=10.0, mag=2.0, dropout=0.0,
                 bn="time", weight_decay=1e-4, eval_every=1000, eval_size=1000, lr_drop_every=0,
@@ -833,6 +936,7 @@ TASK_DEFAULTS = {
 MODEL_DEFAULTS = {  # (model, task) -> overrides; baselines are 1 layer (CVPR 4.1)
     ("lstm", "adding"): dict(layers=1, lr=2e-3),
     ("irnn", "adding"): dict(layers=1),
+    ("rnn", "adding"): dict(layers=1),
     ("res-indrnn", "mnist"): dict(layers=11),
     ("res-indrnn", "pmnist"): dict(layers=11),
     ("res-indrnn", "ptb"): dict(layers=11, seq_len=150, dropout=0.3),
@@ -1078,6 +1182,69 @@ def probe(args, task, device, amp_dtype):
     return lambda: training_loss(net, task.kind, x, y, None, amp_dtype)[0].backward()
 
 
+GRAD_FLOW_MODELS = ["indrnn", "irnn", "lstm", "rnn"]  # --grad-flow without --model
+# the single unit's loss surface (w range, b range), and a descent that meets its cliff
+CLIFF_GRID, CLIFF_START, CLIFF_LR, CLIFF_STEPS, CLIFF_CLIP = ((0, 12), (-8, 2)), (7.0, -3.5), 0.01, 100, 1.0
+
+
+def run_grad_flow(args, argv=None):
+    """--grad-flow: grad_flow of GRAD_FLOW_MODELS (or the --model given; with --eval-only, of
+    that run's best checkpoint) on one training batch (the loss of its last step), printed and
+    written to
+    <out-dir>/indrnn-<task>-gradflow-<tag>[-<model>-best].csv; at initialisation also the
+    classic demonstrations, in indrnn-gradflow-spectral.csv and indrnn-gradflow-cliff*.csv."""
+    device = tasks.setup(args)[0]
+    task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed)
+    x, y = (v.to(device) for v in task.train_batch(0))
+    given = args.eval_only or "--model" in tasks.flags_given(argv or sys.argv[1:])
+    curves = {}
+    for m in [args.model] if given else GRAD_FLOW_MODELS:
+        margs = parse_args([*(sys.argv[1:] if argv is None else argv), "--model", m])
+        torch.manual_seed(args.seed)
+        model = build_model(margs, task)
+        if args.eval_only:
+            model.load_state_dict(tasks.best_weights("indrnn.py", margs))
+        start = time.time()
+        curves[m] = grad_flow(model.to(device), x, lambda out: tasks.loss_and_stats(
+            task.kind, out[-1:] if task.kind == "lm" else out, y[-1:] if task.kind == "lm" else y,
+            False)[0])
+        print(f"== {m}: {time.time() - start:.1f} s")
+    suffix = f"-{args.model}-best" if args.eval_only else ""
+    tasks.grad_flow_report(curves, os.path.join(
+        args.out_dir, f"indrnn-{args.task}-gradflow-{args.tag}{suffix}.csv"))
+    if args.eval_only:
+        return
+    rows = ["radius,distance,ratio,closed_form"]
+    print("linear recurrence h_t = W h_(t-1): ||dL/dh_(T-d)|| / ||dL/dh_T|| (= radius^d)")
+    for radius in (0.9, 1.0, 1.1):
+        ratio = linear_recurrence_gradient(radius, 1000).tolist()
+        rows += [f"{radius},{d},{r!r},{radius ** d!r}" for d, r in enumerate(ratio)]
+        print(f"  radius {radius}: " + ", ".join(f"d={d}: {ratio[d]:.3g}" for d in (10, 100, 1000)))
+    _write_csv(os.path.join(args.out_dir, "indrnn-gradflow-spectral.csv"), rows)
+    w, b = torch.meshgrid(torch.linspace(*CLIFF_GRID[0], 241, dtype=torch.float64),
+                          torch.linspace(*CLIFF_GRID[1], 241, dtype=torch.float64), indexing="ij")
+    loss = single_unit_loss(w, b)
+    _write_csv(os.path.join(args.out_dir, "indrnn-gradflow-cliff-surface.csv"),
+               ["w,b,loss"] + [f"{a!r},{c!r},{l!r}" for a, c, l in
+                               zip(w.flatten().tolist(), b.flatten().tolist(), loss.flatten().tolist())])
+    rows = ["clip,step,w,b,loss,grad_norm"]
+    print(f"single unit, 50 steps to 0.7: descent from (w, b) = {CLIFF_START}, lr {CLIFF_LR}")
+    for clip in (None, CLIFF_CLIP):
+        path = single_unit_descent(*CLIFF_START, CLIFF_LR, CLIFF_STEPS, clip)
+        rows += [f"{clip or 0},{i},{a!r},{c!r},{l!r},{g!r}" for i, (a, c, l, g) in enumerate(path)]
+        jump = max(math.dist(p[:2], q[:2]) for p, q in zip(path, path[1:]))
+        print(f"  clip {clip or 'off'}: largest step {jump:.3g}, largest ||g|| "
+              f"{max(p[3] for p in path):.3g}, loss {path[0][2]:.3g} -> {path[-1][2]:.3g}")
+    _write_csv(os.path.join(args.out_dir, "indrnn-gradflow-cliff-descent.csv"), rows)
+
+
+def _write_csv(path, rows):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    print(f"== wrote {path}")
+
+
 def main(argv=None):
     """Trains one model on one task, tests its best validation checkpoint and writes
     <out-dir>/indrnn-<task>-<model>-<tag>[-test<T>].json (the record, returned) and .csv (a row
@@ -1085,6 +1252,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.benchmark:
         return run_benchmark(args, *tasks.setup(args)[:2], argv)
+    if args.grad_flow:
+        return run_grad_flow(args, argv)
     run = tasks.Run("indrnn.py", args, argv)  # refusals, lock and Ctrl-C before any data
     task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
                      args.test_seq_len, eval_size=args.eval_size, ntu_protocol=args.ntu_protocol)

@@ -5,6 +5,7 @@
     python rlstm.py --task mnist --model lstm --bptt 0          # paper: LSTM Full BP
     python rlstm.py --task pmnist --model plstm --bptt 0 --aux-bptt 0   # p-LSTM Full BP
     python rlstm.py --benchmark                                 # time and memory at T = 1k/4k/16k
+    python rlstm.py --task mnist --grad-flow                    # where each loss's gradient reaches
 
 The model is one module, `RLSTM`: forward(x, y) returns (supervised loss, auxiliary loss). It needs
 torch alone and can be copied into other code with the helpers its docstring lists.
@@ -21,6 +22,7 @@ import csv
 import math
 import os
 import struct
+import sys
 import tarfile
 import time
 import warnings
@@ -497,6 +499,58 @@ class RLSTM(nn.Module):
             inputs, _ = self.decoder.sample_inputs(st, win, sample_prob)        # (L-1, N*B, C)
         out = self.decoder(st, inputs)                                          # (L-1, N*B, C, V)
         return F.cross_entropy(_upcast(out).reshape(-1, out.shape[-1]), win[1:].reshape(-1))
+
+
+def grad_flow(model, x, y, anchors=None):
+    """||dL_sup/dh_t|| and ||dL_aux/dh_t|| for the main LSTM's states h_t, t = 1..T, of one
+    batch: where each loss's gradient reaches (section 3, Figure 2). The supervised loss's stops
+    `bptt` steps before the end, the auxiliary loss's `aux_bptt` steps before each anchor: an
+    auxiliary loss brings gradient to early steps that the supervised one no longer reaches.
+
+    The main LSTM is stepped one input at a time with its own weights, a zero tensor p_t added
+    to every h_t (dL/dp_t = dL/dh_t), and (h, c) detached where each loss's window starts,
+    once for each loss: the losses are those of forward(x, y, anchors=anchors) with teacher
+    forcing (tested).
+    Args: model: an RLSTM; x (T, B[, C]) tokens; y (B,) labels; anchors (N, B) or None (drawn
+        with torch's generator; unused for kind None).
+    Returns: (sup, aux), (T,) tensors of norms over batch and units (Frobenius); aux is None for
+        kind None. Also sets grad_flow.losses = (L_sup, L_aux), for the tests.
+    """
+    x = model._steps(x)
+    T, B = x.shape[:2]
+    if model.decoder is not None and anchors is None:
+        anchors = draw_anchors(model.kind, T, model.aux_len, model.n_anchors, B, device=x.device)
+    main, curves, losses = model.main, [], []
+    for ends, K in [(torch.full((1, B), T, device=x.device), model.bptt), (anchors, model.aux_bptt)]:
+        if ends is None:
+            curves.append(None)
+            losses.append(None)
+            continue
+        N = ends.shape[0]
+        cols = ends.reshape(N * B)                                  # one chain per (anchor, sample)
+        start = (cols - K).clamp(min=0) if K else torch.zeros_like(cols)
+        e = main._embed(x).repeat(1, N, 1)                           # (T, N*B, embed)
+        h = c = e.new_zeros(N * B, main.hidden_size)
+        probes, hs, cs = [], [], []
+        for t, e_t in enumerate(e.unbind(0)):                        # reading x_t gives s_(t+1)
+            h, c = _lstm_step(main.lstm, e_t, h, c)
+            probes.append(torch.zeros_like(h, requires_grad=True))
+            h = h + probes[-1]
+            cut = (start == t + 1)[:, None]                          # a window starts here
+            h, c = torch.where(cut, h.detach(), h), torch.where(cut, c.detach(), c)
+            hs.append(h)
+            cs.append(c)
+        pick = torch.arange(N * B, device=x.device)
+        h_end, c_end = torch.stack(hs)[cols - 1, pick], torch.stack(cs)[cols - 1, pick]
+        if len(losses) == 0:
+            loss = F.cross_entropy(main.head(h_end), y)
+        else:
+            loss = model.aux_loss(x, anchors, (h_end.view(N, B, -1), c_end.view(N, B, -1)))
+        grads = torch.autograd.grad(loss, probes, allow_unused=True)
+        curves.append(torch.stack([g.norm() if g is not None else torch.zeros(()) for g in grads]))
+        losses.append(loss.detach())
+    grad_flow.losses = tuple(losses)
+    return tuple(curves)
 
 
 def rlstm_losses_reference(model, x, y, anchors, supervised=True):
@@ -1060,6 +1114,39 @@ def probe(args, task, device, amp_dtype):
                        if v is not None).backward()
 
 
+def run_grad_flow(args, argv=None):
+    """--grad-flow: grad_flow of r-LSTM, p-LSTM and LSTM, each with full BP and truncated at 300
+    steps (or the --model and truncation given; with --eval-only, of that run's best checkpoint)
+    on one training batch, printed and written to
+    <out-dir>/rlstm-<task>-gradflow-<tag>[-<model>-best].csv. "<model> <truncation>" is the
+    supervised loss's gradient, "... (auxiliary)" the auxiliary loss's."""
+    device = tasks.setup(args)[0]
+    task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
+                     as_tokens=True)
+    x, y = (v.to(device) for v in task.train_batch(0))
+    argv = sys.argv[1:] if argv is None else argv
+    given = tasks.flags_given(argv)
+    runs = [[]] if args.eval_only or "--model" in given else [
+        ["--model", m, *_bptt(full).split()] for m in MODELS for full in (True, False)]
+    curves = {}
+    for extra in runs:
+        margs = parse_args([*argv, *extra])
+        torch.manual_seed(args.seed)
+        model = build_model(margs, task)
+        if args.eval_only:
+            model.load_state_dict(tasks.best_weights("rlstm.py", margs))
+        label = f"{margs.model} " + ("full" if margs.bptt == 0 else f"trunc{margs.bptt}")
+        start = time.time()
+        sup, aux = grad_flow(model.to(device), x, y)
+        print(f"== {label}: {time.time() - start:.1f} s")
+        curves[label] = sup
+        if aux is not None:
+            curves[f"{label} (auxiliary)"] = aux
+    suffix = f"-{args.model}-best" if args.eval_only else ""
+    tasks.grad_flow_report(curves, os.path.join(
+        args.out_dir, f"rlstm-{args.task}-gradflow-{args.tag}{suffix}.csv"))
+
+
 def main(argv=None):
     """Trains one model on one task: first --pretrain-epochs of the auxiliary loss alone, then
     L_sup + L_aux (section 3); tests the best validation checkpoint, writes
@@ -1067,6 +1154,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.benchmark:
         return run_benchmark(args, *tasks.setup(args)[:2], argv)
+    if args.grad_flow:
+        return run_grad_flow(args, argv)
     run = tasks.Run("rlstm.py", args, argv)  # refusals, lock and Ctrl-C before any data
     task = make_task(args.task, args.seq_len, args.batch_size, args.data_dir, args.seed,
                      args.test_seq_len, as_tokens=True, eval_size=args.eval_size)

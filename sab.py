@@ -6,6 +6,7 @@
     python sab.py --task copy --model tbptt        # the paper's baseline, T=100
     python sab.py --task copy --eval-only --test-seq-len 400   # Table 5 transfer test
     python sab.py --benchmark                      # speed and memory against nn.LSTM
+    python sab.py --task copy --grad-flow          # how far back each model's gradient reaches
 
 The model classes (`sparsify`, `SAB`) need torch alone and can be copied into other code.
 Models (`--model`):
@@ -17,6 +18,7 @@ Models (`--model`):
 import math
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -128,6 +130,10 @@ class SAB(nn.Module):
             memory can turn h into a running sum h(t) = h^(t) + a h(t-1) + ..., a plateau of
             copy training (docs/sab.md, "The main job").
     Attributes:
+        probe: None, or a callable (t, h, where) -> h' that the forward pass calls on h(t)
+            (where="state": what the read-out, the next step and the memory see) and on the
+            memory it writes (where="memory"); `grad_flow` adds zero tensors there to measure
+            the gradient reaching h(t), in all and through attention. Forces the step loop.
         watch: None, or a callable (t, weights (B, K), index (B, K), n_memories) called at
             every attention read, for diagnostics; weights are the attention a_i (rows sum to 1),
             index says which memory (0 = the oldest) each belongs to.
@@ -153,6 +159,7 @@ class SAB(nn.Module):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.k_top, self.k_att, self.k_trunc, self.attention = k_top, k_att, k_trunc, attention
         self.h0_memory, self.checkpoint_every, self.watch = h0_memory, checkpoint_every, None
+        self.probe = None
         self.norm_eps, self.detach_keys, self.min_age = norm_eps, detach_keys, min_age
         att_size = att_size or max(hidden_size // 2, 1)
         self.cell = nn.LSTMCell(input_size, hidden_size)
@@ -201,7 +208,7 @@ class SAB(nn.Module):
 
     def _segment(self, x, h, c, memory, t0):
         """Runs steps t0 .. t0+len(x)-1. x: (S, B, D)."""
-        if not self.attends and not torch.compiler.is_compiling():
+        if not self.attends and not torch.compiler.is_compiling() and self.probe is None:
             return self._lstm_segment(x, h, c, memory, t0)
         outputs, summaries = [], []
         first = int(self.h0_memory)  # slot of the first memory written by a step
@@ -218,8 +225,11 @@ class SAB(nn.Module):
             n_read = old // self.k_att + first if self.attends and old >= 0 else 0
             summary = self._read(t, h_hat, memory, n_read) if n_read else torch.zeros_like(h_hat)
             h = h_hat + summary                     # h(t) = h^(t) + sum_i a_i m_i
-            if self.attends and (t + 1) % self.k_att == 0:
-                memory = self._write(memory, n, h)  # the memory is h(t) itself (section 3)
+            if self.probe is not None:
+                h = self.probe(t, h, "state")
+            if self.attends and (t + 1) % self.k_att == 0:  # the memory is h(t) itself (section 3)
+                memory = self._write(memory, n, h if self.probe is None else
+                                     self.probe(t, h, "memory"))
             outputs.append(h)
             summaries.append(summary)
         return torch.stack(outputs), torch.stack(summaries), h, c, memory
@@ -468,6 +478,39 @@ class Net(nn.Module):
         if self.head_reads == "h+read":
             h = torch.cat([h, read], dim=2)      # (T, B, 2H)
         return self.head(h if self.per_step else h[-1])
+
+
+def grad_flow(model, x, loss_fn):
+    """||dL/dh(t)|| for every step t = 1..T of one batch, in all and through attention: how far
+    back the gradient reaches. SAB's truncated BPTT carries it k_trunc steps back through the
+    LSTM; beyond that it reaches h(t) only if h(t) was written as a memory and attended to
+    later: the gradient jumps along the sparse reads (section 3, Figure 1).
+
+    Zero tensors are added to every h(t) and to every memory written from it (SAB.probe), and the
+    gradient of the loss with respect to them is taken; the step loop runs (the fused LSTM of
+    the baselines has no per-step state to measure), with the same values.
+    Args: model: a Net; x (T, B) tokens or (T, B, D); loss_fn(out) -> scalar, the loss of the
+        network's output.
+    Returns: (total, attention), (T,) tensors: the norm over batch and units (Frobenius) of the
+        gradient reaching h(t) by every path, and of the part that arrives through the memory
+        written from h(t) (0 where none is written or it is never read).
+    """
+    probes = {}
+
+    def probe(t, h, where):
+        probes[t, where] = torch.zeros_like(h, requires_grad=True)
+        return h + probes[t, where]
+
+    model.rnn.probe = probe
+    try:
+        loss = loss_fn(model(x))
+    finally:
+        model.rnn.probe = None
+    grads = dict(zip(probes, torch.autograd.grad(loss, list(probes.values()), allow_unused=True)))
+    norm = lambda key: grads[key].norm() if grads.get(key) is not None else torch.zeros(())
+    T = len(x)
+    return (torch.stack([norm((t, "state")) for t in range(T)]),
+            torch.stack([norm((t, "memory")) for t in range(T)]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -835,6 +878,41 @@ def run_benchmark(args, device, amp_dtype, argv=None, rounds=5):
         print(f"compiled at T = {T}: the first call (compiling) took {sec:.0f} s")
 
 
+def run_grad_flow(args, argv=None):
+    """--grad-flow: grad_flow of the four models (or the --model given; with --eval-only, of that
+    run's best checkpoint) on one training batch of the task (the loss of its last step; copy:
+    of the last 10 steps, the recalled digits), printed and written to
+    <out-dir>/sab-<task>-gradflow-<tag>[-<model>-best].csv ("<model> (attention)": the part of
+    the gradient that arrives through the memory written from h(t))."""
+    device = tasks.setup(args)[0]
+    task = make_task(args)
+    x, y = (v.to(device) for v in task.train_batch(0))
+    # the loss of the last step (copy: of the 10 recalled digits, the last 10 steps), so that
+    # the gradient at an earlier step is only what reaches it through time
+    last = 10 if task.kind == "copy" else 1
+    loss_fn = lambda out, y: tasks.loss_and_stats(
+        task.kind, out[-last:] if task.kind in ("copy", "lm") else out,
+        y[-last:] if task.kind in ("copy", "lm") else y, False)[0]
+    argv = sys.argv[1:] if argv is None else argv
+    given = args.eval_only or "--model" in tasks.flags_given(argv)
+    curves = {}
+    for m in [args.model] if given else MODELS:
+        margs = parse_args([*argv, "--model", m])
+        torch.manual_seed(args.seed)
+        model = build_model(margs, task)
+        if args.eval_only:
+            model.load_state_dict(tasks.best_weights("sab.py", margs))
+        start = time.time()
+        total, att = grad_flow(model.to(device), x, lambda out: loss_fn(out, y))
+        print(f"== {m}: {time.time() - start:.1f} s")
+        curves[m] = total
+        if model.rnn.attends:
+            curves[f"{m} (attention)"] = att
+    suffix = f"-{args.model}-best" if args.eval_only else ""
+    tasks.grad_flow_report(curves, os.path.join(
+        args.out_dir, f"sab-{args.task}-gradflow-{args.tag}{suffix}.csv"))
+
+
 def main(argv=None):
     """Trains one model on one task, tests its best validation checkpoint and writes
     <out-dir>/sab-<task>-<model>-<tag>.json (the record, returned), .csv (a row per step) and,
@@ -842,6 +920,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.benchmark:
         return run_benchmark(args, *tasks.setup(args)[:2], argv)
+    if args.grad_flow:
+        return run_grad_flow(args, argv)
     run = tasks.Run("sab.py", args, argv)  # refusals, lock and Ctrl-C before any data is loaded
     task = make_task(args)
     device, amp_dtype, use_scaler = tasks.setup(args, lambda dev, amp: probe(args, task, dev, amp))

@@ -450,6 +450,8 @@ def common_parser(description, tasks, models):
     a("--checkpoint-minutes", type=pf, default=5.0,
       help="also write a checkpoint every this many minutes of wall time")
     a("--benchmark", action="store_true", help="time and memory against nn.LSTM, then exit")
+    a("--grad-flow", action="store_true", help="no training: ||dL/dh_t|| for every step t of one "
+      "batch, at initialisation (with --eval-only: of this run's best checkpoint), then exit")
     a("--threads", type=pi, default=1, help="torch CPU threads; a run's numbers depend on them")
     return p
 
@@ -507,7 +509,7 @@ def run_tag(p, args, base):
 # Flags that may differ on --resume: when and how long a run goes, where it reads and writes.
 # Every other flag shapes the model, the data or the optimizer and must match the checkpoint.
 RESUMABLE = {"steps", "stop_at", "time_budget", "eval_every", "test_size", "test_seq_len",
-             "resume", "restart", "eval_only", "threads", "device", "compile", "data_dir",
+             "resume", "restart", "eval_only", "grad_flow", "threads", "device", "compile", "data_dir",
              "out_dir", "checkpoint_minutes", "grad_checkpoint", "quick", "benchmark",
              "ss_steps", "steps_like", "unconfirmed"}
 
@@ -1025,6 +1027,49 @@ def write_results(path, record):
         json.dump(record, f, indent=2, default=str)
     os.replace(path + ".tmp", path)
     return path
+
+
+GRAD_FLOW_DISTANCES = (1, 10, 100, 1000, 5000)
+
+
+def grad_flow_report(curves, path):
+    """Prints how far back each model's gradient reaches and writes the curves as CSV.
+
+    curves: {label: (T,) tensor}, the norm ||dL/dh_t|| over the batch for t = 1..T (a script's
+    grad_flow). The table gives, at the distances T - t in GRAD_FLOW_DISTANCES shorter than T,
+    the norm relative to that of the last step (distance 0), and that norm itself; a part of a
+    curve, labelled "<label> (<part>)" after the curve <label>, is relative to that curve's last
+    step. The CSV at `path` has one row per label and step: label, t, distance, grad_norm,
+    relative (blank where the reference is 0). Returns path."""
+    T = max(len(c) for c in curves.values())
+    ds = [d for d in GRAD_FLOW_DISTANCES if d < T]
+    print(f"||dL/dh_t|| at distance T - t, relative to the last step (T = {T}):")
+    print(f"| model | {' | '.join(f'd = {d}' for d in ds)} | at d = 0 |")
+    print("|---|" + "---|" * (len(ds) + 1))
+    rows = ["label,t,distance,grad_norm,relative"]
+    for label, c in curves.items():
+        ref = float(curves.get(label.split(" (")[0], c)[-1])
+        c, n = c.double().cpu().tolist(), len(c)
+        rel = [v / ref if ref else None for v in c]
+        print(f"| {label} | " + " | ".join(f"{rel[n - 1 - d]:.3g}" if d < n and ref else "n/a"
+                                           for d in ds) + f" | {c[-1]:.3g} |")
+        rows += [f"{label},{t + 1},{n - 1 - t},{v!r},{'' if r is None else repr(r)}"
+                 for t, (v, r) in enumerate(zip(c, rel))]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    print(f"== wrote {path}")
+    return path
+
+
+def best_weights(script, args):
+    """The weights (state dict) of the best checkpoint of the run that args name (script,
+    --task, --model, --tag, --out-dir), without locking it; a one-line SystemExit if missing."""
+    path = os.path.join(args.out_dir, "ckpt",
+                        f"{script[:-3]}-{args.task}-{args.model}-{args.tag}-best.pt")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --eval-only: no best checkpoint {path} (train the run first)")
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
 def run_main(main):

@@ -393,3 +393,85 @@ def test_irnn_recurrence_runs_in_float32_under_autocast():
     """The IRNN's W_hh = I runs in float32 under autocast (bfloat16 rounds 1 + small to 1)."""
     seen, out_dtype = irnn_dtypes_under_autocast("cpu")
     assert seen == [torch.float32] and out_dtype == torch.bfloat16  # the head still autocasts
+
+
+# -- gradient flow (--grad-flow): the measurement against closed forms ----------------------------
+
+def _linear_indrnn(T, u, dtype):
+    """One IndRNN layer in its linear regime: W = 0, bias 1, so every pre-activation is >= 1
+    and relu' = 1; then dL/dh_(T-d) = u^d dL/dh_T per unit (CVPR section 3.1)."""
+    net = indrnn.Net("indrnn", 2, 1, 4, 1, per_step=False, batch_norm=None, seq_len=T).to(dtype)
+    with torch.no_grad():
+        layer = net.rnn.layers[0]
+        layer.input.weight.zero_()
+        layer.input.bias.fill_(1.0)
+        layer.u.fill_(u)
+    return net, torch.randn(T, 3, 2, dtype=dtype)
+
+
+def test_grad_flow_of_indrnn_in_the_linear_regime_is_u_to_the_distance():
+    T = 1001  # distance 1000 is the first step
+    net, x = _linear_indrnn(T, 1.0, torch.float32)
+    norms = indrnn.grad_flow(net, x, lambda out: out.sum())
+    assert norms[-1] > 0 and norms[T - 1 - 1000] / norms[-1] == pytest.approx(1.0, rel=1e-6)
+    net, x = _linear_indrnn(T, 0.9, torch.float64)
+    norms = indrnn.grad_flow(net, x, lambda out: out.sum())
+    ratio = (norms / norms[-1]).tolist()
+    assert ratio[T - 1 - 1000] == pytest.approx(0.9 ** 1000, rel=1e-3)
+    assert ratio[T - 1 - 10] == pytest.approx(0.9 ** 10, rel=1e-12)
+
+
+def test_grad_flow_measures_every_model_and_leaves_the_weights_unchanged():
+    torch.manual_seed(0)
+    x, y = torch.rand(30, 4, 2), torch.rand(4)
+    for model in indrnn.GRAD_FLOW_MODELS:
+        net = indrnn.Net(model, 2, 1, 8, 2, per_step=False)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        norms = indrnn.grad_flow(net, x, lambda out: ((out.squeeze(1) - y) ** 2).mean())
+        assert norms.shape == (30,) and bool((norms[-5:] > 0).all()), model
+        assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+        assert net.training  # restored
+
+
+def test_the_linear_recurrence_gradient_is_the_radius_to_the_distance():
+    d = torch.arange(1001, dtype=torch.float64)
+    for radius in (0.9, 1.0, 1.1):
+        ratio = indrnn.linear_recurrence_gradient(radius, 1000)
+        assert torch.allclose(ratio, radius ** d, rtol=1e-9, atol=0)
+
+
+def test_single_unit_gradient_matches_forward_mode_and_clipping_bounds_the_cliff_step():
+    # the gradient of (h_50 - 0.7)^2 by autograd against forward-mode differentiation of the
+    # recurrence h_t = w s(h_(t-1)) + b: dh_t/dw = s + w s' dh_(t-1)/dw, dh_t/db = 1 + w s' dh_(t-1)/db
+    for w0, b0 in [(2.0, -1.0), (7.0, -3.5), (10.0, -5.2)]:
+        p = torch.tensor([w0, b0], dtype=torch.float64, requires_grad=True)
+        g, = torch.autograd.grad(indrnn.single_unit_loss(p[0], p[1]), p)
+        h, dw, db = 0.5, 0.0, 0.0
+        for _ in range(50):
+            s = 1 / (1 + math.exp(-h))
+            h, dw, db = w0 * s + b0, s + w0 * s * (1 - s) * dw, 1 + w0 * s * (1 - s) * db
+        assert g.tolist() == pytest.approx([2 * (h - 0.7) * dw, 2 * (h - 0.7) * db], rel=1e-9)
+    lr, clip = indrnn.CLIFF_LR, indrnn.CLIFF_CLIP
+    free = indrnn.single_unit_descent(*indrnn.CLIFF_START, lr, indrnn.CLIFF_STEPS)
+    clipped = indrnn.single_unit_descent(*indrnn.CLIFF_START, lr, indrnn.CLIFF_STEPS, clip)
+    step = lambda path: max(math.dist(a[:2], b[:2]) for a, b in zip(path, path[1:]))
+    assert step(clipped) <= lr * clip * (1 + 1e-9) < step(free) / 100  # the cliff's catapult
+    assert clipped[-1][2] < clipped[0][2] < free[-1][2]  # clipped descends; unclipped is thrown up
+
+
+def test_grad_flow_command_writes_every_curve_and_the_demonstrations(tmp_path, capsys):
+    indrnn.main(["--task", "adding", "--grad-flow", "--seq-len", "30", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = (tmp_path / "indrnn-adding-gradflow-T30.csv").read_text().splitlines()
+    assert rows[0] == "label,t,distance,grad_norm,relative" and len(rows) == 1 + 4 * 30
+    assert {r.split(",")[0] for r in rows[1:]} == set(indrnn.GRAD_FLOW_MODELS)
+    assert "| indrnn | " in out and "radius 1.1: d=10: 2.59" in out
+    for name in ("spectral", "cliff-surface", "cliff-descent"):
+        assert (tmp_path / f"indrnn-gradflow-{name}.csv").exists()
+    # --eval-only: the best checkpoint of a trained run
+    indrnn.main(["--task", "adding", "--seq-len", "30", "--steps", "2", "--eval-every", "1",
+                 "--eval-size", "8", "--test-size", "8", "--tag", "run", "--out-dir", str(tmp_path)])
+    indrnn.main(["--task", "adding", "--seq-len", "30", "--grad-flow", "--eval-only",
+                 "--tag", "run", "--out-dir", str(tmp_path)])
+    rows = (tmp_path / "indrnn-adding-gradflow-run-indrnn-best.csv").read_text().splitlines()
+    assert len(rows) == 1 + 30 and rows[1].startswith("indrnn,1,29,")

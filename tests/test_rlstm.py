@@ -684,3 +684,35 @@ def test_dbpedia_bad_rows_and_missing_data_are_clear_errors(tmp_path, monkeypatc
     (tmp_path / "bad" / "dbpedia" / "dbpedia_csv.tar.gz").write_bytes(b"truncated")
     with pytest.raises(tasks.DataError, match="fails its MD5 checksum"):
         rlstm.load_dbpedia(str(tmp_path / "bad"))
+
+
+def test_grad_flow_shows_each_loss_within_its_truncation_window():
+    """The supervised loss's gradient reaches the last `bptt` states only, the auxiliary loss's
+    the `aux_bptt` states up to the anchor (section 3); the losses are forward's."""
+    torch.manual_seed(0)
+    T, B = 40, 3
+    for kind in ("r", "p"):
+        m = rlstm.RLSTM(10, 5, kind=kind, aux_len=8, bptt=10, aux_bptt=5, embed=8, hidden=8,
+                        ffn=8, aux_hidden=8)
+        x, y = torch.randint(0, 10, (T, B)), torch.randint(0, 5, (B,))
+        anchors = torch.full((1, B), 20)
+        sup, aux = rlstm.grad_flow(m, x, y, anchors)
+        assert {t + 1 for t in range(T) if sup[t] > 0} == set(range(31, 41))   # h_31 .. h_40
+        assert {t + 1 for t in range(T) if aux[t] > 0} == set(range(16, 21))   # h_16 .. h_20
+        want = m(x, y, anchors=anchors)
+        assert [float(v) for v in rlstm.grad_flow.losses] == pytest.approx(
+            [float(v.detach()) for v in want], rel=1e-6)
+    m = rlstm.RLSTM(10, 5, kind=None, bptt=0, embed=8, hidden=8, ffn=8)
+    sup, aux = rlstm.grad_flow(m, x, y)
+    assert aux is None and bool((sup > 0).all())  # full BP: every state
+
+
+def test_grad_flow_command_writes_supervised_and_auxiliary_curves(tmp_path, mnist_data_dir, capsys):
+    rlstm.main(["--task", "mnist", "--grad-flow", "--model", "rlstm", "--batch-size", "4", "--tag", "g",
+                "--data-dir", mnist_data_dir, "--out-dir", str(tmp_path)])
+    rows = (tmp_path / "rlstm-mnist-gradflow-g.csv").read_text().splitlines()
+    assert {r.split(",")[0] for r in rows[1:]} == {"rlstm trunc300", "rlstm trunc300 (auxiliary)"}
+    sup = [float(r.split(",")[3]) for r in rows[1:785]]
+    aux = [float(r.split(",")[3]) for r in rows[785:]]
+    assert all(v == 0 for v in sup[:784 - 300]) and all(v > 0 for v in sup[-10:])
+    assert len(aux) == 784 and any(v > 0 for v in aux)

@@ -631,3 +631,44 @@ def test_text8_download_is_unzipped_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(sab, "TEXT8_SHA256", "0" * 64)
     with pytest.raises(tasks.DataError, match="checksum"):
         sab.load_text8(str(tmp_path))
+
+
+def test_grad_flow_with_k_trunc_1_reaches_earlier_steps_only_through_the_attended_memories():
+    """k_trunc = 1: the LSTM passes no gradient from one step to the next, so with the loss on
+    the last step alone the gradient reaches an earlier h(t) only through attention (section
+    3): the memories the last step attends to, and those that their steps attended to (a memory
+    is h(t) = h^(t) + its own read)."""
+    torch.manual_seed(0)
+    T, k_att = 30, 2
+    net = sab.Net(10, 10, 16, per_step=True, k_top=2, k_att=k_att, k_trunc=1)
+    read = {}
+    net.rnn.watch = lambda t, w, index, n: read.update({t: set(index.flatten().tolist())})
+    x = torch.randint(0, 10, (T, 4))
+    total, att = sab.grad_flow(net, x, lambda out: out[-1].sum())
+    attended = {j * k_att + k_att - 1 for j in read[T - 1]}  # memory j is h(t) of this step t
+    reached = {t for t in range(T - 1) if total[t] > 0}
+    assert attended <= reached and all(t % k_att == k_att - 1 for t in reached)  # memories only
+    for t in reached:  # and all of it through attention
+        assert att[t] == pytest.approx(float(total[t]), rel=1e-6)
+    assert net.rnn.probe is None
+
+
+def test_grad_flow_of_the_baselines_stops_at_the_truncation_and_values_match_the_fused_path():
+    torch.manual_seed(0)
+    x = torch.randint(0, 10, (40, 3))
+    for k_trunc in (0, 5):
+        net = sab.Net(10, 10, 16, per_step=True, k_top=0, k_trunc=k_trunc)
+        total, att = sab.grad_flow(net, x, lambda out: out[-1].sum())
+        assert not att.any()
+        reach = {t for t in range(40) if total[t] > 0}
+        # the window of the last step: back to the truncation point t % k_trunc == 0 (35)
+        assert reach == (set(range(35, 40)) if k_trunc else set(range(40)))
+
+
+def test_grad_flow_command_measures_the_four_models(tmp_path, capsys):
+    sab.main(["--task", "copy", "--grad-flow", "--seq-len", "20", "--out-dir", str(tmp_path)])
+    rows = (tmp_path / "sab-copy-gradflow-T20.csv").read_text().splitlines()
+    labels = {r.split(",")[0] for r in rows[1:]}
+    assert labels == {"sab", "sab (attention)", "tbptt", "lstm", "attn", "attn (attention)"}
+    assert len(rows) == 1 + 6 * 40  # copy T=20: 40 steps
+    assert "| sab (attention) | " in capsys.readouterr().out
