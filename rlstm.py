@@ -352,8 +352,11 @@ class AuxDecoder(nn.Module):
         e = self.embed(inputs)                                               # (S, B, embed)
         o1, s1 = self.lstm1(e, tuple(s.to(e.dtype) for s in s1))             # (S, B, hidden)
         o2, s2 = self.lstm2(o1, tuple(s.to(o1.dtype) for s in s2))           # (S, B, hidden)
-        L, B = inputs.shape[:2]
-        return self.out(o2).view(L, B, self.channels, self.vocab), s1, s2  # (S, B, C, V)
+        return self._logits(o2), s1, s2                                      # (S, B, C, V)
+
+    def _logits(self, h):
+        """The read-out: top-layer states (..., hidden) -> logits (..., C, V)."""
+        return self.out(h).unflatten(-1, (self.channels, self.vocab))
 
     def forward(self, state, inputs):
         return self._run(inputs, *self._init(state))[0]
@@ -372,7 +375,7 @@ class AuxDecoder(nn.Module):
         for k in range(1, len(window)):
             h1, c1 = _lstm_step(self.lstm1, self.embed(inp[None])[0], h1, c1)
             h2, c2 = _lstm_step(self.lstm2, h1, h2, c2)
-            logit = self.out(h2).view(B, self.channels, self.vocab)            # (B, C, V)
+            logit = self._logits(h2)                                            # (B, C, V)
             logits.append(logit)
             if k == len(window) - 1:
                 break
