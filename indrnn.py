@@ -1220,11 +1220,11 @@ def run_grad_flow(args, argv=None):
         ratio = linear_recurrence_gradient(radius, 1000).tolist()
         rows += [f"{radius},{d},{r!r},{radius ** d!r}" for d, r in enumerate(ratio)]
         print(f"  radius {radius}: " + ", ".join(f"d={d}: {ratio[d]:.3g}" for d in (10, 100, 1000)))
-    _write_csv(os.path.join(args.out_dir, "indrnn-gradflow-spectral.csv"), rows)
+    tasks.write_lines(os.path.join(args.out_dir, "indrnn-gradflow-spectral.csv"), rows)
     w, b = torch.meshgrid(torch.linspace(*CLIFF_GRID[0], 241, dtype=torch.float64),
                           torch.linspace(*CLIFF_GRID[1], 241, dtype=torch.float64), indexing="ij")
     loss = single_unit_loss(w, b)
-    _write_csv(os.path.join(args.out_dir, "indrnn-gradflow-cliff-surface.csv"),
+    tasks.write_lines(os.path.join(args.out_dir, "indrnn-gradflow-cliff-surface.csv"),
                ["w,b,loss"] + [f"{a!r},{c!r},{l!r}" for a, c, l in
                                zip(w.flatten().tolist(), b.flatten().tolist(), loss.flatten().tolist())])
     rows = ["clip,step,w,b,loss,grad_norm"]
@@ -1235,14 +1235,7 @@ def run_grad_flow(args, argv=None):
         jump = max(math.dist(p[:2], q[:2]) for p, q in zip(path, path[1:]))
         print(f"  clip {clip or 'off'}: largest step {jump:.3g}, largest ||g|| "
               f"{max(p[3] for p in path):.3g}, loss {path[0][2]:.3g} -> {path[-1][2]:.3g}")
-    _write_csv(os.path.join(args.out_dir, "indrnn-gradflow-cliff-descent.csv"), rows)
-
-
-def _write_csv(path, rows):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(rows) + "\n")
-    print(f"== wrote {path}")
+    tasks.write_lines(os.path.join(args.out_dir, "indrnn-gradflow-cliff-descent.csv"), rows)
 
 
 def main(argv=None):

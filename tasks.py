@@ -1055,9 +1055,15 @@ def grad_flow_report(curves, path):
                                            for d in ds) + f" | {c[-1]:.3g} |")
         rows += [f"{label},{t + 1},{n - 1 - t},{v!r},{'' if r is None else repr(r)}"
                  for t, (v, r) in enumerate(zip(c, rel))]
+    return write_lines(path, rows)
+
+
+def write_lines(path, lines):
+    """Writes `lines` (CSV rows, header first) to path, making its folder; prints and returns
+    path."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        f.write("\n".join(rows) + "\n")
+        f.write("\n".join(lines) + "\n")
     print(f"== wrote {path}")
     return path
 
