@@ -1,8 +1,8 @@
 """Sparse Attentive Backtracking (Ke et al., NeurIPS 2018, arXiv 1809.03702), one file.
 
-    python sab.py --task copy --quick              # CPU, about 4 minutes: SAB learns copy T=10
-                                                   # (99.90 +- 0.06% over 10 runs, seeds 0-4 x 1, 2
-                                                   # threads, range 99.78-99.98; docs/sab.md)
+    python sab.py --task copy --quick              # CPU, about 8 minutes: SAB learns copy T=10
+                                                   # (99.86 +- 0.38% over 10 runs, seeds 0-4 x 1, 2
+                                                   # threads, range 98.78-100.00; docs/sab.md)
     python sab.py --task copy                      # Table 1, copy T=100, until validation 99.9%:
                                                    # 99.91 / 99.98% test (seeds 1 / 2), 2-2.5 h
                                                    # of one CPU core (docs/sab.md)
