@@ -547,6 +547,36 @@ def test_the_attention_figure_shows_the_memories_each_step_reads(tmp_path):
     assert (step - memory >= 3).all()
 
 
+def test_the_attention_figure_of_a_long_sequence_is_max_pooled_to_a_bounded_width(tmp_path):
+    """Step t reads memory t - 2 (weight 1): past max_steps the figure shows blocks of p x p
+    cells, dark where any read in the block is, and is ceil(T / p) cells wide."""
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    scale, max_steps = 2, 8
+    task = tasks.make_task("copy", 20, 3, str(tmp_path), 0, eval_size=3)
+    net = sab.Net(task.n_in, task.n_out, 8, per_step=True, k_top=2, k_att=1, k_trunc=2)
+    length = len(next(task.eval_batches("test", limit=1))[0])  # 40 steps, 40 memories
+
+    class HandSet(torch.nn.Module):
+        rnn = net.rnn
+
+        def forward(self, x):
+            for t in range(2, len(x)):
+                self.rnn.watch(t, torch.ones(x.shape[1], 1), torch.full((x.shape[1], 1), t - 2), t)
+            return torch.zeros(len(x), x.shape[1], task.n_out)
+    path = sab.attention_figure(HandSet(), task, torch.device("cpu"), tmp_path / "a.png",
+                                samples=2, scale=scale, max_steps=max_steps)
+    image = TF.to_tensor(Image.open(path).convert("RGB"))  # (3, H, W): 2 panels padded by scale
+    pool = -(-length // max_steps)
+    cells = -(-length // pool)
+    assert image.shape[1:] == ((2 * cells + 3) * scale, (cells + 2) * scale)
+    reads = torch.zeros(1, length, length)
+    for t in range(2, length):
+        reads[0, t - 2, t] = 1
+    expected = torch.nn.functional.max_pool2d(reads, pool, ceil_mode=True)[0] > 0
+    assert torch.equal(image[0, scale::scale, scale::scale][:cells, :cells] < 0.5, expected)
+
+
 def test_load_rebuilds_the_trained_network_from_its_best_checkpoint(tmp_path):
     _run(tmp_path, "--steps", "5", "--h0-memory", "--head", "h+read")
     net = sab.load(tmp_path / "ckpt" / "sab-copy-sab-T4-best.pt")
