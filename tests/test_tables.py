@@ -127,6 +127,10 @@ def test_seeds_table_gives_every_run_and_mean_std_range():
     mse = tables.seeds_table([{**rec(0, 1, 0.0), "metric": "test_mse",
                               "metrics": dict(test_mse=0.02191)}])
     assert "| 0.0219 |" in mse and "**0.0219 ± 0.0000**" in mse
+    # a transfer test's results file (another test length) beside its training run's: refused
+    with pytest.raises(ValueError, match="different configurations"):
+        tables.seeds_table([{**rec(0, 1, 99.0), "task": "copy; test T=100"},
+                            {**rec(0, 1, 97.0), "task": "copy; test T=5000"}])
 
 
 def test_cpu_tier_runs_get_their_own_line_with_their_budget():

@@ -61,7 +61,14 @@ def _digits(metric):
 
 def seeds_table(records):
     """Markdown: one line per run of one configuration (seed, threads, test metric, steps,
-    training time, hardware), then the mean ± std and the range over all runs."""
+    training time, hardware), then the mean ± std and the range over all runs.
+    Raises ValueError if the records are not of one configuration (script, task with its test
+    length, model, metric): a transfer test's results file beside its training run's, say."""
+    kinds = {(r.get("script"), r.get("task"), r["config"].get("model"), r["metric"])
+             for r in records}
+    if len(kinds) > 1:
+        raise ValueError("the files are runs of different configurations (script, task and test "
+                         "length, model, metric): " + "; ".join(sorted(map(str, kinds))))
     rows = ["| seed | threads | test metric | value | best step | steps | training time | "
             "hardware |", "|---|---|---|---|---|---|---|---|"]
     d = _digits(records[0]["metric"])
@@ -322,7 +329,10 @@ def _main():
         print(f"wrote {os.path.join(folder, 'TABLES.md')}")
         return
     records = [json.load(open(f)) for f in sorted(args.files)]
-    print(seeds_table(records) if args.what == "seeds" else format_table(records))
+    try:
+        print(seeds_table(records) if args.what == "seeds" else format_table(records))
+    except ValueError as e:
+        p.error(f"{args.what}: {e}")
 
 
 if __name__ == "__main__":
