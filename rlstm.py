@@ -1,7 +1,8 @@
 """r-LSTM / p-LSTM: LSTMs with auxiliary losses (Trinh, Dai, Luong, Le, ICML 2018, arXiv 1803.00144).
 
     python rlstm.py --task mnist --quick                        # CPU, 500 steps: test 37.2 ± 4.4%
-                                                                # (10 runs; chance 11.35%), 11-17 min, 2 busy cores
+                                                                # (10 runs; chance 11.35%),
+                                                                # 11-17 min on 2 busy cores
     python rlstm.py --task mnist --model rlstm                  # paper: r-LSTM Truncate300
     python rlstm.py --task mnist --model lstm --bptt 0          # paper: LSTM Full BP
     python rlstm.py --task pmnist --model plstm --bptt 0 --aux-bptt 0   # p-LSTM Full BP
